@@ -491,7 +491,8 @@ class Draft:
                 return Entry(name, DIR, e.mode, e.uid, e.gid, e.size, e.mtime_ns, digest=e.tree, ident=e.ident, nfiles=e.nfiles)
             if e.kind == FILE and e.scratch is not None:
                 d, size = done[e.scratch]
-                return Entry(name, FILE, e.mode, e.uid, e.gid, size, e.mtime_ns, digest=d)
+                mtime = os.stat(self.scratch_path(e.scratch)).st_mtime_ns  # writes move the scratch file's mtime
+                return Entry(name, FILE, e.mode, e.uid, e.gid, size, mtime, digest=d)
             return Entry(name, e.kind, e.mode, e.uid, e.gid, e.size, e.mtime_ns, digest=e.digest, target=e.target, uri=e.uri)
 
         def build_dir(dir_id: int, name: bytes, de: DEntry) -> Entry:
@@ -514,6 +515,14 @@ class Draft:
     def commit(self, message: str | None = None, metadata: dict | None = None, how: str = "incremental",
                description: str | None = None, progress=None) -> tuple[int, bool]:
         """Turn the draft into the next version (or find it unchanged); the draft goes on, clean."""
+        num, unchanged, adopted = self.commit_durable(message, metadata, how, description, progress)
+        self.commit_finish(adopted)
+        return num, unchanged
+
+    def commit_durable(self, message: str | None = None, metadata: dict | None = None, how: str = "incremental",
+                       description: str | None = None, progress=None) -> tuple[int, bool, list[str]]:
+        """The durable half of commit; changes nothing in memory (safe in a worker thread
+        while others read this draft).  Returns (number, unchanged, scratch names adopted)."""
         with self.store.writing():
             root, adopted = self.build(progress)
             self.store.objects.sync()
@@ -527,10 +536,13 @@ class Draft:
                 "parent" if self.parent is not None else "latest", message, metadata,
                 root.nfiles, root.size, how if self.parent is not None else "single", description, after=reset,
             )
+        return num, unchanged, adopted
+
+    def commit_finish(self, adopted: list[str]) -> None:
+        """The in-memory half: forget the committed scratch files, start clean."""
         for name in adopted:
             self._drop_scratch(name)
         self.reload()
-        return num, unchanged
 
     # -- status -------------------------------------------------------------------
     def status(self) -> list[tuple[str, str]]:

@@ -1,0 +1,189 @@
+"""``artfs mount / umount / commit / status``: thin wrappers over the daemon and `.artfs/`."""
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import time
+
+import click
+
+from ..errors import ArtfsError, BadInput
+from ..refs import parse_ref
+
+READY_TIMEOUT = 60.0
+
+
+def _check_mountpoint(mnt: str) -> str:
+    mnt = os.path.abspath(mnt)
+    if not os.path.exists(mnt):
+        raise BadInput(f"mountpoint {mnt} does not exist")
+    if not os.path.isdir(mnt):
+        raise BadInput(f"mountpoint {mnt} is not a directory")
+    if os.path.ismount(mnt):
+        raise BadInput(f"{mnt} is already a mount point (artfs umount {mnt} first)")
+    if os.listdir(mnt):
+        raise BadInput(f"mountpoint {mnt} is not empty")
+    if not os.path.exists("/dev/fuse"):
+        raise ArtfsError("/dev/fuse is missing: install fuse3 and load the fuse module")
+    return mnt
+
+
+def mount(store, ref_text: str, mnt: str, foreground=False, allow_other=False, debug=False, distributed_id=None) -> None:
+    """Mount ``ref_text`` at ``mnt``; returns once it is serving (or raises with the reason)."""
+    from .. import repo
+
+    ref = parse_ref(ref_text)
+    if not ref.draft:
+        repo.resolve(store, ref)  # unknown refs fail here, on the user's terminal
+    elif distributed_id is None:
+        from ..refs import check_artifact_name
+
+        check_artifact_name(ref.name)
+    mnt = _check_mountpoint(mnt)
+    if foreground:
+        from .daemon import serve
+
+        code = serve(store.path, ref_text, mnt, foreground=True, allow_other=allow_other, debug=debug,
+                     distributed_id=distributed_id, ready=lambda m: print(m if m != "ok" else f"mounted {ref_text} at {mnt}", file=sys.stderr))
+        if code:
+            raise SystemExit(code)
+        return
+    r, w = os.pipe()
+    cmd = [sys.executable, "-m", "artfs.fuse.daemon", "--store", store.path, "--ready-fd", str(w)]
+    if allow_other:
+        cmd.append("--allow-other")
+    if debug:
+        cmd.append("--debug")
+    if distributed_id:
+        cmd += ["--distributed-id", distributed_id]
+    cmd += [ref_text, mnt]
+    proc = subprocess.Popen(cmd, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=open(os.path.join(store.log_dir(), "daemon-stderr.log"), "ab"),
+                            start_new_session=True)
+    os.close(w)
+    msg = _read_ready(r, proc)
+    if msg != "ok":
+        if proc.poll() is None:
+            proc.terminate()
+        raise ArtfsError(msg[len("error: "):] if msg.startswith("error: ") else msg)
+
+
+def _read_ready(r: int, proc) -> str:
+    buf = b""
+    deadline = time.monotonic() + READY_TIMEOUT
+    os.set_blocking(r, False)
+    try:
+        while time.monotonic() < deadline:
+            try:
+                chunk = os.read(r, 4096)
+            except BlockingIOError:
+                chunk = None
+            if chunk:
+                buf += chunk
+                if b"\n" in buf:
+                    return buf.split(b"\n", 1)[0].decode()
+            elif chunk == b"":
+                return buf.decode().strip() or f"mount daemon exited with status {proc.wait()} (see the store's logs/)"
+            time.sleep(0.01)
+        return "mount daemon did not become ready in time"
+    finally:
+        os.close(r)
+
+
+def daemon_pid(mnt: str) -> int | None:
+    try:
+        with open(os.path.join(mnt, ".artfs", "pid")) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def umount(mnt: str, timeout: float = 30.0) -> None:
+    mnt = os.path.abspath(mnt)
+    if not os.path.ismount(mnt):
+        raise BadInput(f"{mnt} is not mounted")
+    pid = daemon_pid(mnt)
+    p = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise ArtfsError((p.stderr.strip().splitlines() or ["fusermount3 failed"])[-1])
+    deadline = time.monotonic() + timeout
+    while pid and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
+
+
+def _ctl(mnt: str, name: str) -> str:
+    path = os.path.join(os.path.abspath(mnt), ".artfs", name)
+    if not os.path.exists(path):
+        raise BadInput(f"{mnt} is not an artfs mount")
+    return path
+
+
+def commit(mnt: str, message: str | None, finish: bool = False) -> str:
+    path = _ctl(mnt, "finish" if finish else "commit")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    except OSError as exc:
+        if exc.errno == errno.EROFS:
+            raise BadInput(f"{mnt} is a read-only version; mount NAME:draft to commit") from None
+        raise
+    try:
+        os.write(fd, (message or "").encode() or b"\n")
+    except OSError as exc:
+        raise ArtfsError(f"commit failed: {exc.strerror} (see the store's logs/ for details)") from None
+    finally:
+        os.close(fd)
+    with open(path) as f:
+        return f.read().strip()
+
+
+def status(mnt: str) -> str:
+    with open(_ctl(mnt, "status")) as f:
+        return f.read()
+
+
+def register(group) -> None:
+    """Add the mount commands to the CLI's click group."""
+    from ..cli import pass_env
+
+    @group.command("mount")
+    @click.argument("ref")
+    @click.argument("mountpoint")
+    @click.option("--foreground", "-f", is_flag=True, help="stay attached and serve until unmounted")
+    @click.option("-o", "options", multiple=True, help="mount option (allow_other)")
+    @click.option("--debug", is_flag=True)
+    @click.option("--distributed-id", default=None, help="upsert into this collaborative version")
+    @pass_env
+    def mount_cmd(env, ref, mountpoint, foreground, options, debug, distributed_id):
+        """Mount a version read-only, or NAME:draft writable."""
+        opts = {o for opt in options for o in opt.split(",") if o}
+        unknown = opts - {"allow_other"}
+        if unknown:
+            raise BadInput(f"unknown mount option(s): {', '.join(sorted(unknown))}")
+        mount(env.store(), ref, mountpoint, foreground, "allow_other" in opts, debug, distributed_id)
+        if not foreground:
+            click.echo(f"mounted {ref} at {os.path.abspath(mountpoint)}")
+
+    @group.command("umount")
+    @click.argument("mountpoint")
+    def umount_cmd(mountpoint):
+        """Unmount and wait for the daemon to exit."""
+        umount(mountpoint)
+
+    @group.command("commit")
+    @click.argument("mountpoint")
+    @click.option("-m", "--message", default=None)
+    def commit_cmd(mountpoint, message):
+        """Commit a draft mount (the same as writing to .artfs/commit)."""
+        click.echo(commit(mountpoint, message))
+
+    @group.command("status")
+    @click.argument("mountpoint")
+    def status_cmd(mountpoint):
+        """A draft's changes (the same as reading .artfs/status)."""
+        click.echo(status(mountpoint), nl=False)
