@@ -1,0 +1,472 @@
+"""The ``artfs`` command line (DESIGN.md §3).
+
+A thin edge over :mod:`artfs.repo`: parse arguments, call the repo, print.
+Every error a user can cause leaves as ONE line ``artfs: <message>`` on
+stderr with a non-zero exit status (``ArtfsError.exit_code``: 2, or 1 for
+``Corrupt``), never a traceback.  That translation happens in one place,
+:meth:`ArtfsGroup.invoke`, so it covers commands that other modules register
+too.  Usage errors stay click's (exit 2).
+
+Exit statuses: 0 ok; 1 corruption found (``fsck``, ``cat`` of a corrupt
+object, a store database error); 2 bad input or something not found;
+3 internal error (a bug: ``ARTFS_DEBUG=1`` shows the traceback);
+130 interrupted.
+
+Commands added by other modules
+-------------------------------
+``mount``, ``umount``, ``commit`` and ``status`` live in
+``artfs/fuse/cli_mount.py`` (and later layers may add their own modules to
+:data:`PLUGINS`).  Such a module defines ``register(group)`` which adds
+click commands to the group, e.g.::
+
+    from artfs.cli import pass_env, show_path   # helpers meant for plugins
+
+    def register(group):
+        @group.command()
+        @click.argument("mountpoint")
+        @pass_env
+        def umount(env, mountpoint):
+            store = env.store()               # opened lazily; StoreMissing says how to init
+            with env.progress("commit") as p:  # rich bar on a terminal, no-op otherwise
+                ...
+
+``register`` runs once per process, the first time the group looks a command
+up (so importing ``artfs.cli`` stays cheap) -- that is, on every run of the
+CLI: keep it cheap too and import pyfuse3/trio inside the command bodies.
+If a plugin cannot be imported because a dependency is missing, its known
+commands answer with that reason instead of "No such command".
+"""
+from __future__ import annotations
+
+import errno
+import importlib
+import json
+import os
+import posixpath
+import sqlite3
+import stat
+import sys
+import time
+
+import click
+
+from . import __version__, repo
+from .errors import ArtfsError, BadInput
+from .progress import reporter
+from .refs import check_artifact_name
+from .store import Store, default_store_path
+from .treefmt import DIR, FILE, REF, SYMLINK, KIND_NAMES, split_path
+
+#: modules that add commands with ``register(group)``; missing ones are skipped
+PLUGINS = ("artfs.fuse.cli_mount",)
+#: commands those modules are expected to provide (for a clear message when they cannot load)
+PLUGIN_COMMANDS = {"artfs.fuse.cli_mount": ("mount", "umount", "commit", "status")}
+
+
+# -- output helpers -------------------------------------------------------------------
+
+def show_path(p: "str | bytes") -> str:
+    """A name or path for a line of output: as is when printable UTF-8, else a C-quoted string (like git)."""
+    b = p if isinstance(p, bytes) else p.encode("utf-8", "surrogateescape")
+    try:
+        s = b.decode("utf-8")
+    except UnicodeDecodeError:
+        s = None
+    if s is not None and s.isprintable() and not s.startswith('"'):
+        return s
+    out = []
+    for ch in b.decode("utf-8", "surrogateescape"):
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif "\udc80" <= ch <= "\udcff":
+            out.append("\\%03o" % (ord(ch) - 0xDC00))
+        elif not ch.isprintable():
+            out.append("".join("\\%03o" % x for x in ch.encode("utf-8")))
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _text(b: "bytes | None") -> "str | None":
+    """Bytes for JSON output (non-UTF-8 bytes become lone surrogates, escaped by json)."""
+    return None if b is None else b.decode("utf-8", "surrogateescape")
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+
+
+def _echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+
+
+# -- errors: one place ----------------------------------------------------------------
+
+def _die(message: str, code: int):
+    click.echo(f"artfs: {message}", err=True)
+    raise click.exceptions.Exit(code)
+
+
+def _oserror_text(exc: OSError) -> str:
+    what = exc.strerror or str(exc)
+    if exc.filename is not None and exc.filename2 is not None:
+        return f"{os.fsdecode(exc.filename)} -> {os.fsdecode(exc.filename2)}: {what}"
+    if exc.filename is not None:
+        return f"{os.fsdecode(exc.filename)}: {what}"
+    return what
+
+
+class ArtfsGroup(click.Group):
+    """A click group that turns every error a user can cause into one line and an exit status."""
+
+    plugin_errors: "dict[str, ImportError] | None" = None  # None: plugins not loaded yet
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except ArtfsError as exc:
+            _die(str(exc), exc.exit_code)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:  # `artfs cat ... | head`: the reader left; be quiet
+                try:
+                    fd = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(fd, sys.stdout.fileno())
+                except (OSError, ValueError):
+                    pass
+                raise click.exceptions.Exit(1)
+            _die(_oserror_text(exc), 2)
+        except KeyboardInterrupt:
+            _die("interrupted", 130)
+        except sqlite3.Error as exc:
+            _die(f"store database error: {exc}", 1)
+        except Exception as exc:
+            if os.environ.get("ARTFS_DEBUG"):
+                raise
+            _die(f"internal error: {type(exc).__name__}: {exc} (run with ARTFS_DEBUG=1 for details)", 3)
+
+    def list_commands(self, ctx):
+        _load_plugins(self)
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, cmd_name):
+        _load_plugins(self)
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None:
+            for mod, exc in self.plugin_errors.items():
+                if cmd_name in PLUGIN_COMMANDS.get(mod, ()):
+                    return _unavailable(cmd_name, exc)
+        return cmd
+
+
+def _unavailable(name: str, exc: ImportError) -> click.Command:
+    @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def cmd():
+        raise BadInput(f"{name} is unavailable: {exc}")
+
+    return cmd
+
+
+# -- the group and its shared state ---------------------------------------------------------
+
+class Env:
+    """What every command shares: the store location (opened lazily) and progress bars."""
+
+    def __init__(self, store_path: str):
+        self.store_path = os.path.abspath(store_path)
+        self._store: Store | None = None
+
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store.open(self.store_path)
+        return self._store
+
+    @staticmethod
+    def progress(label: str):
+        return reporter(label)
+
+
+pass_env = click.make_pass_decorator(Env)
+
+
+@click.group(cls=ArtfsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--store", "store_path", metavar="PATH",
+              help="The store (default: $ARTFS_STORE, else ~/.local/share/artfs).")
+@click.version_option(__version__, prog_name="artfs")
+@click.pass_context
+def cli(ctx: click.Context, store_path: str | None):
+    """Versioned artifacts as ordinary directories.
+
+    References: NAME (= NAME:latest), NAME:vN, NAME:ALIAS, NAME:draft.
+    """
+    ctx.obj = Env(store_path or default_store_path())
+
+
+# -- store --------------------------------------------------------------------------------
+
+@cli.command()
+@pass_env
+def init(env: Env):
+    """Create the store (idempotent); prints its path."""
+    s = Store.init(env.store_path)
+    click.echo(s.path)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("src", metavar="DIR")
+@click.option("--type", "type_", metavar="T", help="Artifact type for a new artifact (default: dataset).")
+@click.option("-m", "--message", metavar="MSG", help="Message of the new version.")
+@pass_env
+def put(env: Env, name: str, src: str, type_: str | None, message: str | None):
+    """Make a new version of NAME from the directory DIR (no FUSE).
+
+    Prints NAME:vN, or NAME:vK (unchanged) when DIR equals the latest version.
+    """
+    s = env.store()
+    check_artifact_name(name)
+    if not os.path.isdir(src):
+        raise BadInput(f"not a directory: {src}" if not os.path.exists(src) else f"{src} is not a directory")
+    with env.progress(f"put {name}") as p:
+        v, unchanged = repo.put_dir(s, name, src, type_=type_, message=message, progress=p)
+    click.echo(f"{v.ref} (unchanged)" if unchanged else v.ref)
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+def _version_json(v: repo.VersionInfo, aliases: list[str]) -> dict:
+    return {
+        "ref": v.ref, "artifact": v.artifact, "type": v.type, "version": v.num, "aliases": aliases,
+        "created": v.created, "created_utc": _iso(v.created), "message": v.message, "metadata": v.metadata,
+        "file_count": v.file_count, "total_bytes": v.total_bytes, "how": v.how, "parent": v.parent,
+        "digest": v.ident.hex(),
+    }
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_env
+def log(env: Env, name: str, as_json: bool):
+    """Versions of NAME, newest first, with their aliases."""
+    s = env.store()
+    check_artifact_name(name)
+    art = repo._artifact_or_fail(s, name)
+    aliases = s.meta.aliases(name)
+    versions = [repo.VersionInfo.of(r, art["type"]) for r in s.meta.versions(name)]
+    if as_json:
+        _echo_json([_version_json(v, aliases.get(v.num, [])) for v in versions])
+        return
+    if not versions:
+        click.echo(f"{name} has no versions yet", err=True)
+        return
+    heads = [v.ref + (f" ({', '.join(aliases[v.num])})" if aliases.get(v.num) else "") for v in versions]
+    w_head = max(map(len, heads))
+    w_files = max(len(str(v.file_count)) for v in versions)
+    w_bytes = max(len(str(v.total_bytes)) for v in versions)
+    w_how = max(len(v.how) for v in versions)
+    for head, v in zip(heads, versions):
+        msg = (v.message or "").splitlines()[0] if v.message else ""
+        line = (f"{head:<{w_head}}  {_when(v.created)}  {v.file_count:>{w_files}} files  "
+                f"{v.total_bytes:>{w_bytes}} bytes  {v.how:<{w_how}}  {msg}")
+        click.echo(line.rstrip())
+
+
+def _entry_json(e) -> dict:
+    d = {"name": _text(e.name), "kind": KIND_NAMES[e.kind], "mode": stat.filemode(e.st_mode), "perm": e.mode,
+         "uid": e.uid, "gid": e.gid, "size": e.size, "mtime_ns": e.mtime_ns}
+    if e.kind in (FILE, REF):
+        d["digest"] = e.digest.hex()
+    if e.kind == REF:
+        d["uri"] = e.uri
+    if e.kind == SYMLINK:
+        d["target"] = _text(e.target)
+    if e.kind == DIR:
+        d["files"] = e.nfiles
+    return d
+
+
+@cli.command("ls")
+@click.argument("ref")
+@click.argument("path", required=False, default="")
+@click.option("-l", "--long", "long_", is_flag=True, help="Also show mtime and BLAKE3 digest.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_env
+def ls_(env: Env, ref: str, path: str, long_: bool, as_json: bool):
+    """Entries of a version (of its directory PATH, default the root)."""
+    s = env.store()
+    v = repo.resolve(s, ref)
+    e = repo.lookup(s, v, path)
+    entries = s.tree(e.digest) if e.kind == DIR else [e]
+    if as_json:
+        _echo_json([_entry_json(x) for x in entries])
+        return
+    w = max((len(str(x.size)) for x in entries), default=0)
+    for x in entries:
+        name = show_path(x.name)
+        if x.kind == SYMLINK:
+            name += " -> " + show_path(x.target)
+        elif x.kind == REF:
+            name += f" (reference {x.uri})"
+        cols = [stat.filemode(x.st_mode), f"{x.size:>{w}}"]
+        if long_:
+            t = x.mtime_ns / 1e9
+            cols.append(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) + f".{x.mtime_ns % 10**9:09d}")
+            cols.append(x.digest.hex() if x.kind in (FILE, REF) else "-" * 64)
+        click.echo("  ".join(cols + [name]))
+
+
+def _follow(s: Store, v: repo.VersionInfo, path: str):
+    """The entry at ``path``, following symlinks that stay inside the version."""
+    parts = list(split_path(path))
+    for _ in range(40):
+        e = repo.lookup(s, v, b"/".join(parts))
+        if e.kind != SYMLINK:
+            return e
+        where = show_path(b"/".join(parts))
+        if e.target.startswith(b"/"):
+            raise BadInput(f"{where} in {v.ref} is a symlink to {show_path(e.target)}, outside the version")
+        new = posixpath.normpath(b"/".join(parts[:-1] + [e.target]))
+        if new == b".." or new.startswith(b"../"):
+            raise BadInput(f"{where} in {v.ref} is a symlink to {show_path(e.target)}, outside the version")
+        parts = [p for p in new.split(b"/") if p not in (b"", b".")]
+    raise BadInput(f"{path} in {v.ref}: too many levels of symbolic links")
+
+
+@cli.command()
+@click.argument("ref")
+@click.argument("path")
+@pass_env
+def cat(env: Env, ref: str, path: str):
+    """Write the file PATH of a version to stdout."""
+    s = env.store()
+    v = repo.resolve(s, ref)
+    e = _follow(s, v, path)
+    if e.kind == DIR:
+        raise BadInput(f"{path} is a directory in {v.ref}")
+    out = sys.stdout.buffer
+    try:
+        for buf in repo.iter_content(s, e):
+            out.write(buf)
+    finally:
+        out.flush()
+
+
+@cli.command()
+@click.argument("ref1")
+@click.argument("ref2")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_env
+def diff(env: Env, ref1: str, ref2: str, as_json: bool):
+    """What changed from REF1 to REF2: A (added), M (modified), D (deleted) lines, sorted by path."""
+    s = env.store()
+    a, b = repo.resolve(s, ref1), repo.resolve(s, ref2)
+    changes = repo.diff_versions(s, a, b)
+    if as_json:
+        _echo_json([{"status": code, "path": p} for code, p in changes])
+        return
+    for code, p in changes:
+        click.echo(f"{code} {show_path(p)}")
+
+
+# -- aliases, export ---------------------------------------------------------------------
+
+@cli.command("alias")
+@click.argument("ref")
+@click.argument("alias", required=False)
+@click.option("-d", "--delete", is_flag=True, help="Delete the alias NAME:ALIAS given as the argument.")
+@pass_env
+def alias_(env: Env, ref: str, alias: str | None, delete: bool):
+    """Point ALIAS at the version REF names, or --delete NAME:ALIAS."""
+    if delete:
+        if alias is not None:
+            raise click.UsageError("with --delete, give one argument: NAME:ALIAS")
+        s = env.store()
+        repo.delete_alias(s, ref)
+        click.echo(f"deleted {ref}")
+        return
+    if alias is None:
+        raise click.UsageError("missing argument 'ALIAS' (or use --delete NAME:ALIAS)")
+    s = env.store()
+    v = repo.set_alias(s, ref, alias)
+    click.echo(f"{v.artifact}:{alias} -> {v.ref}")
+
+
+@cli.command()
+@click.argument("ref")
+@click.argument("dest", metavar="DIR")
+@pass_env
+def export(env: Env, ref: str, dest: str):
+    """Write a version's files into DIR (new or empty), with modes, mtimes and symlinks."""
+    s = env.store()
+    v = repo.resolve(s, ref)
+    with env.progress(f"export {v.ref}") as p:
+        n = repo.export(s, v, dest, progress=p)
+    click.echo(f"{v.ref} -> {dest} ({n} files)")
+
+
+# -- maintenance ---------------------------------------------------------------------------
+
+@cli.command()
+@pass_env
+def fsck(env: Env):
+    """Check every object and version; prints each problem (exit 1), else a summary."""
+    s = env.store()
+    with env.progress("fsck") as p:
+        problems = repo.fsck(s, progress=p)
+    if problems:
+        for line in problems:
+            click.echo(line)
+        _die(f"fsck found {len(problems)} problem{'s' if len(problems) != 1 else ''}", 1)
+    nobj = sum(1 for _ in s.objects.iter_all())
+    nver = len(s.meta.all_versions())
+    click.echo(f"ok: {nobj} objects, {nver} versions")
+
+
+@cli.command()
+@pass_env
+def gc(env: Env):
+    """Delete objects that no version, draft or pending version uses."""
+    s = env.store()
+    with env.progress("gc") as p:
+        removed, freed = repo.gc(s, progress=p)
+    click.echo(f"removed {removed} object{'s' if removed != 1 else ''} ({freed} bytes)")
+
+
+# -- commands from other modules ------------------------------------------------------------
+
+def _load_plugins(group: ArtfsGroup) -> None:
+    """Let each module in PLUGINS add its commands (once, on first use: importing artfs.cli stays cheap)."""
+    if group.plugin_errors is not None:
+        return
+    group.plugin_errors = {}
+    for modname in PLUGINS:
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError as exc:
+            missing = exc.name or ""
+            if missing and (modname == missing or modname.startswith(missing + ".")):
+                continue  # the module is not there (yet)
+            group.plugin_errors[modname] = exc  # a dependency is missing: say so when its commands are used
+            continue
+        mod.register(group)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``artfs`` console script."""
+    cli.main(args=argv, prog_name="artfs")
+
+
+if __name__ == "__main__":  # python -m artfs.cli: run the importable module, so plugins share its group and Env
+    from artfs.cli import main as _main
+
+    _main()
