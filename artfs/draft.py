@@ -464,8 +464,8 @@ class Draft:
             elif e.dir_id is not None:
                 self._scratch_entries(e.dir_id, out)
 
-    def build(self, progress=None, threads: int = 4) -> tuple[Entry, list[str]]:
-        """Write every changed object and tree; return (root as a DIR Entry, scratch names adopted).
+    def build(self, progress=None, threads: int = 4) -> tuple[Entry, dict[str, tuple[bytes, int]]]:
+        """Write every changed object and tree; return (root as a DIR Entry, {scratch name: (digest, size)}).
 
         Cost: the materialized directories and the scratch files, nothing else.
         The caller must hold ``store.writing()`` and sync objects before recording.
@@ -510,7 +510,7 @@ class Draft:
             return Entry(name, DIR, de.mode, de.uid, de.gid, nbytes, de.mtime_ns, digest=tree, ident=ident, nfiles=nfiles)
 
         root = build_dir(0, b"", self.root())
-        return root, list(done)
+        return root, done
 
     def commit(self, message: str | None = None, metadata: dict | None = None, how: str = "incremental",
                description: str | None = None, progress=None) -> tuple[int, bool]:
@@ -524,7 +524,8 @@ class Draft:
         """The durable half of commit; changes nothing in memory (safe in a worker thread
         while others read this draft).  Returns (number, unchanged, scratch names adopted)."""
         with self.store.writing():
-            root, adopted = self.build(progress)
+            root, done = self.build(progress)
+            adopted = list(done)
             self.store.objects.sync()
 
             def reset(db, num, unchanged):
@@ -542,6 +543,41 @@ class Draft:
         """The in-memory half: forget the committed scratch files, start clean."""
         for name in adopted:
             self._drop_scratch(name)
+        self.reload()
+
+    def settle(self, done: dict[str, tuple[bytes, int]]) -> None:
+        """After an upsert: files built from scratch files now live in the store; point the
+        draft's entries at their digests and drop the scratch names (content unchanged)."""
+        ops: list = []
+
+        def walk(dir_id: int):
+            for name, e in list(self.overlay.get(dir_id, {}).items()):
+                if e is None:
+                    continue
+                if e.scratch is not None and e.scratch in done:
+                    digest, size = done[e.scratch]
+                    mtime = os.stat(self.scratch_path(e.scratch)).st_mtime_ns
+                    self._set(dir_id, name, e.copy(scratch=None, digest=digest, size=size, mtime_ns=mtime), ops)
+                elif e.dir_id is not None:
+                    walk(e.dir_id)
+
+        walk(0)
+        self._apply(ops)
+        for name in done:
+            self._drop_scratch(name)
+
+    def unshare(self) -> None:
+        """After a failed upsert: scratch files hard-linked into the store get private copies again."""
+        self._repair_scratch()
+
+    def rebase(self, num: int, root_hex: str, outcome: str) -> None:
+        """Start clean on version ``num`` (after a collaborative version was sealed)."""
+        with self.meta.tx() as db:
+            self.meta.reset_draft_in(db, self.id, num, root_hex, outcome)
+        for ov in self.overlay.values():
+            for e in ov.values():
+                if e is not None and e.scratch is not None:
+                    self._drop_scratch(e.scratch)
         self.reload()
 
     # -- status -------------------------------------------------------------------

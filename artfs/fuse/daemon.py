@@ -39,7 +39,7 @@ def build_ops(store: Store, ref_text: str, distributed_id: str | None = None) ->
         vfs = VFS(view, readonly=False)
         collab = None
         if distributed_id:
-            from ..collab import MountCollab
+            from .collab import MountCollab
 
             collab = MountCollab(store, view, distributed_id)
         return Operations(vfs, collab)
