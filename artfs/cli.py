@@ -226,19 +226,111 @@ def init(env: Env):
 @click.argument("src", metavar="DIR")
 @click.option("--type", "type_", metavar="T", help="Artifact type for a new artifact (default: dataset).")
 @click.option("-m", "--message", metavar="MSG", help="Message of the new version.")
+@click.option("--distributed-id", metavar="ID", help="Upsert DIR's files into this collaborative version.")
 @pass_env
-def put(env: Env, name: str, src: str, type_: str | None, message: str | None):
+def put(env: Env, name: str, src: str, type_: str | None, message: str | None, distributed_id: str | None):
     """Make a new version of NAME from the directory DIR (no FUSE).
 
     Prints NAME:vN, or NAME:vK (unchanged) when DIR equals the latest version.
+    With --distributed-id, DIR's files are upserted into that pending version
+    instead (putting the same DIR again replaces its earlier upsert).
     """
     s = env.store()
     check_artifact_name(name)
     if not os.path.isdir(src):
         raise BadInput(f"not a directory: {src}" if not os.path.exists(src) else f"{src} is not a directory")
+    if distributed_id is not None:
+        a = _collab_writer(s, name, type_, distributed_id, src)
+        try:
+            p = a.upsert(distributed_id)
+        finally:
+            a.discard()
+        click.echo(f"upserted into {name} (pending {distributed_id}): {p['contributed']} files,"
+                   f" {p['files']} in all from {len(p['writers'])} writer(s)")
+        return
     with env.progress(f"put {name}") as p:
         v, unchanged = repo.put_dir(s, name, src, type_=type_, message=message, progress=p)
     click.echo(f"{v.ref} (unchanged)" if unchanged else v.ref)
+
+
+# -- collaborative versions (DESIGN.md §6) -----------------------------------------------------
+
+def _collab_writer(s: Store, name: str, type_: str | None, did: str, src: str):
+    """An Artifact holding DIR's files, one writer per (host, DIR) so a re-put replaces itself."""
+    import hashlib
+    import socket
+
+    from .api import Artifact
+    from .collab import distributed_id as check_did
+
+    did = check_did(did)
+    art = s.meta.artifact(name)
+    a = Artifact(name, type_ or (art["type"] if art else "dataset"), store=s)
+    a.writer_id = hashlib.blake2b(f"put:{socket.gethostname()}:{os.path.abspath(src)}:{did}".encode(),
+                                  digest_size=16).hexdigest()
+    a.writer_label = f"put {os.path.abspath(src)} on {socket.gethostname()}"
+    a.discard()  # a draft left by an interrupted put of the same DIR
+    pending = s.meta.pending(name, did)
+    if pending is not None and pending["parent"] is not None:
+        a._parent = repo.resolve(s, f"{name}:v{pending['parent']}")  # add on top of the pending base
+    a.add_dir(src)
+    return a
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("src", metavar="[DIR]", required=False)
+@click.option("--distributed-id", metavar="ID", help="The collaborative version (default: $ARTFS_GROUP).")
+@click.option("-m", "--message", metavar="MSG", help="Message of the new version.")
+@pass_env
+def finish(env: Env, name: str, src: str | None, distributed_id: str | None, message: str | None):
+    """Seal a collaborative version of NAME as its next version (upserting DIR first, if given)."""
+    from . import collab
+
+    s = env.store()
+    check_artifact_name(name)
+    did = collab.distributed_id(distributed_id)
+    if src is not None:
+        if not os.path.isdir(src):
+            raise BadInput(f"not a directory: {src}")
+        a = _collab_writer(s, name, None, did, src)
+        v = a.finish(did, message)
+        click.echo(f"{v.ref} (unchanged)" if v.unchanged else v.ref)
+        return
+    if s.meta.pending(name, did) is None:
+        raise repo.NotFound(f"{name} has no pending version {did!r}")
+    num, unchanged = collab.finish(s, name, did, message)
+    click.echo(f"{name}:v{num}" + (" (unchanged)" if unchanged else ""))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--pending", "did", metavar="ID", required=True, help="The pending collaborative version to drop.")
+@pass_env
+def discard(env: Env, name: str, did: str):
+    """Drop a pending collaborative version (nothing of it reaches a version)."""
+    s = env.store()
+    check_artifact_name(name)
+    p = s.meta.pending(name, did)
+    if p is None:
+        raise repo.NotFound(f"{name} has no pending version {did!r}")
+    if p["finished"] is not None:
+        raise BadInput(f"{did!r} was already finished as {name}:v{p['finished']}")
+    s.meta.discard_pending(name, did)
+    click.echo(f"discarded pending {did} of {name}")
+
+
+def _pending_lines(s: Store, name: str) -> list[str]:
+    out = []
+    for p in s.meta.pendings(name):
+        if p["finished"] is not None:
+            continue
+        age = int(time.time() - p["created"])
+        writers = ", ".join(f"{w['label'] or w['writer']} ({w['rows']})" for w in p["writers"])
+        base = f"from v{p['parent']}" if p["parent"] is not None else "from scratch"
+        out.append(f"pending {p['distributed_id']}  {base}  {p['files']} files  {len(p['writers'])} writer(s)"
+                   f"  {age}s old  {writers}")
+    return out
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -264,8 +356,15 @@ def log(env: Env, name: str, as_json: bool):
     aliases = s.meta.aliases(name)
     versions = [repo.VersionInfo.of(r, art["type"]) for r in s.meta.versions(name)]
     if as_json:
-        _echo_json([_version_json(v, aliases.get(v.num, [])) for v in versions])
+        rows = [_version_json(v, aliases.get(v.num, [])) for v in versions]
+        rows += [{"pending": p["distributed_id"], "artifact": name, "parent": p["parent"], "files": p["files"],
+                  "created": p["created"], "writers": [{"writer": w["writer"], "label": w["label"], "files": w["rows"]}
+                                                       for w in p["writers"]]}
+                 for p in s.meta.pendings(name) if p["finished"] is None]
+        _echo_json(rows)
         return
+    for line in _pending_lines(s, name):
+        click.echo(line)
     if not versions:
         click.echo(f"{name} has no versions yet", err=True)
         return
@@ -300,10 +399,21 @@ def _entry_json(e) -> dict:
 @click.argument("path", required=False, default="")
 @click.option("-l", "--long", "long_", is_flag=True, help="Also show mtime and BLAKE3 digest.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--pending", "did", metavar="ID", help="List the files upserted into this pending version of REF.")
 @pass_env
-def ls_(env: Env, ref: str, path: str, long_: bool, as_json: bool):
+def ls_(env: Env, ref: str, path: str, long_: bool, as_json: bool, did: str | None):
     """Entries of a version (of its directory PATH, default the root)."""
     s = env.store()
+    if did is not None:
+        from . import collab
+
+        check_artifact_name(ref)
+        rows = collab.pending_files(s, ref, did)
+        if as_json:
+            _echo_json([{"path": p, "kind": what, "writer": w} for p, what, w in rows])
+        for p, what, w in ([] if as_json else rows):
+            click.echo(f"{what:<9}  {show_path(p)}  ({w})")
+        return
     v = repo.resolve(s, ref)
     e = repo.lookup(s, v, path)
     entries = s.tree(e.digest) if e.kind == DIR else [e]
