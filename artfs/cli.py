@@ -58,9 +58,9 @@ from .store import Store, default_store_path
 from .treefmt import DIR, FILE, REF, SYMLINK, KIND_NAMES, split_path
 
 #: modules that add commands with ``register(group)``; missing ones are skipped
-PLUGINS = ("artfs.fuse.cli_mount",)
+PLUGINS = ("artfs.fuse.cli_mount", "artfs.runs_cli")
 #: commands those modules are expected to provide (for a clear message when they cannot load)
-PLUGIN_COMMANDS = {"artfs.fuse.cli_mount": ("mount", "umount", "commit", "status")}
+PLUGIN_COMMANDS = {"artfs.fuse.cli_mount": ("mount", "umount", "commit", "status"), "artfs.runs_cli": ("runs", "lineage", "rm", "run")}
 
 
 # -- output helpers -------------------------------------------------------------------
@@ -227,8 +227,11 @@ def init(env: Env):
 @click.option("--type", "type_", metavar="T", help="Artifact type for a new artifact (default: dataset).")
 @click.option("-m", "--message", metavar="MSG", help="Message of the new version.")
 @click.option("--distributed-id", metavar="ID", help="Upsert DIR's files into this collaborative version.")
+@click.option("--patch", is_flag=True, help="Add or replace DIR's files on top of latest; remove nothing.")
+@click.option("--prefix", metavar="P", default="", help="With --patch: put DIR's files under P.")
 @pass_env
-def put(env: Env, name: str, src: str, type_: str | None, message: str | None, distributed_id: str | None):
+def put(env: Env, name: str, src: str, type_: str | None, message: str | None, distributed_id: str | None,
+        patch: bool, prefix: str):
     """Make a new version of NAME from the directory DIR (no FUSE).
 
     Prints NAME:vN, or NAME:vK (unchanged) when DIR equals the latest version.
@@ -239,6 +242,20 @@ def put(env: Env, name: str, src: str, type_: str | None, message: str | None, d
     check_artifact_name(name)
     if not os.path.isdir(src):
         raise BadInput(f"not a directory: {src}" if not os.path.exists(src) else f"{src} is not a directory")
+    if prefix and not patch:
+        raise BadInput("--prefix goes with --patch")
+    if patch:
+        from .api import Artifact, use_artifact
+
+        a = (use_artifact(f"{name}:latest", store=s).new_draft() if s.meta.alias(name, "latest") is not None
+             else Artifact(name, type_ or "dataset", store=s))
+        try:
+            a.add_dir(src, name=prefix or None)
+            v = a.save(message)
+        finally:
+            a.discard()
+        click.echo(f"{v.ref} (unchanged)" if v.unchanged else v.ref)
+        return
     if distributed_id is not None:
         a = _collab_writer(s, name, type_, distributed_id, src)
         try:

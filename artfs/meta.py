@@ -23,6 +23,8 @@ import time
 from contextlib import contextmanager
 
 from .errors import BadInput, Conflict, NotFound
+from .meta_pending import PENDING_SCHEMA, PendingMeta
+from .meta_runs import RUNS_SCHEMA, RunsMeta
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 120_000
@@ -57,7 +59,7 @@ CREATE TABLE IF NOT EXISTS filecache(
 """
 
 
-class SqliteMeta:
+class SqliteMeta(PendingMeta, RunsMeta):
     def __init__(self, path: str):
         self.path = path
         self._local = threading.local()
@@ -98,6 +100,8 @@ class SqliteMeta:
     def create(self) -> None:
         db = self.db
         db.executescript(SCHEMA)
+        db.executescript(PENDING_SCHEMA)
+        db.executescript(RUNS_SCHEMA)
         db.execute("INSERT OR IGNORE INTO info VALUES('schema', ?)", (str(SCHEMA_VERSION),))
 
     def durable(self) -> None:
@@ -191,7 +195,9 @@ class SqliteMeta:
         ``compare_to`` is ``"parent"`` or ``"latest"``: when that version has
         the same identity, nothing is inserted and ``(its number, True)`` is
         returned.  ``after(db, num, unchanged)`` runs inside the same
-        transaction (drafts use it to reset themselves atomically).
+        transaction (drafts use it to reset themselves atomically).  With
+        ``"latest"`` and no ``parent``, the new version's parent is the
+        latest it was compared to (what ``put`` replaces).
         """
         meta_json = json.dumps(metadata or {}, sort_keys=True)
         with self.tx() as db:
@@ -207,6 +213,8 @@ class SqliteMeta:
                     if after:
                         after(db, cmp, True)
                     return cmp, True
+            if parent is None:
+                parent = cmp
             r = db.execute("SELECT MAX(num) AS m FROM versions WHERE artifact_id=?", (aid,)).fetchone()
             num = 0 if r["m"] is None else r["m"] + 1
             db.execute(

@@ -36,6 +36,7 @@ def build_ops(store: Store, ref_text: str, distributed_id: str | None = None) ->
     ref = parse_ref(ref_text)
     if ref.draft:
         view = repo.open_draft(store, ref.name)
+        _lock_draft(view)
         vfs = VFS(view, readonly=False)
         collab = None
         if distributed_id:
@@ -46,6 +47,26 @@ def build_ops(store: Store, ref_text: str, distributed_id: str | None = None) ->
     if distributed_id:
         raise ArtfsError("--distributed-id needs a draft: mount NAME:draft")
     return Operations(VFS(VersionView(store, repo.resolve(store, ref)), readonly=True))
+
+
+_draft_locks = []  # held for the life of the daemon
+
+
+def _lock_draft(draft) -> None:
+    """One mount per draft: two daemons editing one draft would undo each other's changes."""
+    import fcntl
+
+    os.makedirs(draft.scratch_dir, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(draft.scratch_dir, ".mounted"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise ArtfsError(f"{draft.artifact}:draft is already mounted (daemon pid {other or '?'})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _draft_locks.append(fd)
 
 
 def fuse_options(ops: Operations, ref_text: str, allow_other: bool, debug: bool) -> set[str]:

@@ -1,0 +1,241 @@
+"""``artfs run``: a legacy program as a run, with its inputs and outputs mounted.
+
+Inputs are mounted read-only, outputs as the artifacts' drafts; CMD runs with
+them; if it exits 0 every output is committed (or upserted into the group's
+collaborative version), otherwise nothing is committed and the drafts stay
+resumable.  The mounts are always removed, also when artfs itself is
+interrupted; SIGINT/SIGTERM are passed on to CMD.
+
+Speed: each mount daemon is forked from this process after pyfuse3 and trio
+are imported (this process has no threads yet), so a mount costs a fork and
+a pyfuse3.init, not a new Python interpreter; all mounts start at once.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from .. import repo, runs
+from ..errors import ArtfsError, BadInput
+from ..refs import check_artifact_name, parse_ref
+
+
+@dataclass
+class Binding:
+    dir: str  # absolute
+    ref: str  # what to mount
+    output: bool
+    name: str  # artifact
+    created: bool = False
+    pid: int | None = None
+
+
+def parse_bindings(store, ins: list[str], outs: list[str]) -> list[Binding]:
+    """Validate every --in/--out before anything is mounted (BadInput / NotFound otherwise)."""
+    out: list[Binding] = []
+    for spec, output in [(s, False) for s in ins] + [(s, True) for s in outs]:
+        opt = "--out" if output else "--in"
+        if "=" not in spec:
+            raise BadInput(f"{opt} {spec!r}: expected DIR={'NAME' if output else 'REF'}")
+        d, _, target = spec.partition("=")
+        if not d or not target:
+            raise BadInput(f"{opt} {spec!r}: expected DIR={'NAME' if output else 'REF'}")
+        if output:
+            check_artifact_name(target)
+            ref, name = f"{target}:draft", target
+        else:
+            r = parse_ref(target)
+            if r.draft:
+                raise BadInput(f"--in {spec!r}: inputs are versions, not drafts")
+            v = repo.resolve(store, r)  # resolved once, now: the run uses exactly this version
+            ref, name = v.ref, v.artifact
+        full = os.path.abspath(d)
+        if os.path.exists(full):
+            if not os.path.isdir(full):
+                raise BadInput(f"{opt} {spec!r}: {d} exists and is not a directory")
+            if os.listdir(full):
+                raise BadInput(f"{opt} {spec!r}: {d} is not empty")
+            if os.path.ismount(full):
+                raise BadInput(f"{opt} {spec!r}: {d} is already a mount point")
+        out.append(Binding(full, ref, output, name))
+    dirs = [b.dir for b in out]
+    if len(set(dirs)) != len(dirs):
+        raise BadInput("the same DIR is given twice")
+    names = [b.name for b in out if b.output]
+    if len(set(names)) != len(names):
+        raise BadInput("the same output artifact is given twice")
+    return out
+
+
+def _fork_mount(store_path: str, b: Binding, group: str | None, log_path: str) -> tuple[int, int]:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        try:
+            os.close(r)
+            os.setsid()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            nul = os.open(os.devnull, os.O_RDWR)
+            os.dup2(nul, 0)
+            os.dup2(nul, 1)
+            os.dup2(fd, 2)
+            from .daemon import serve
+
+            def ready(msg: str) -> None:
+                try:
+                    os.write(w, (msg + "\n").encode())
+                except OSError:
+                    pass
+
+            code = serve(store_path, b.ref, b.dir, foreground=False, distributed_id=group if b.output else None,
+                         ready=ready)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(w)
+    return pid, r
+
+
+def _wait_ready(pid: int, r: int, timeout: float = 60.0) -> str:
+    buf = b""
+    deadline = time.monotonic() + timeout
+    os.set_blocking(r, False)
+    try:
+        while time.monotonic() < deadline:
+            try:
+                chunk = os.read(r, 4096)
+            except BlockingIOError:
+                chunk = None
+            if chunk:
+                buf += chunk
+                if b"\n" in buf:
+                    return buf.split(b"\n", 1)[0].decode()
+            elif chunk == b"":
+                return buf.decode().strip() or "mount daemon exited"
+            time.sleep(0.005)
+        return "mount daemon did not become ready in time"
+    finally:
+        os.close(r)
+
+
+def _unmount(b: Binding) -> None:
+    if os.path.ismount(b.dir):
+        if subprocess.run(["fusermount3", "-u", b.dir], capture_output=True).returncode != 0:
+            subprocess.run(["fusermount3", "-u", "-z", b.dir], capture_output=True)
+    if b.pid:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(b.pid, os.WNOHANG)[0]:
+                    break
+            except ChildProcessError:
+                break
+            time.sleep(0.005)
+        else:
+            try:
+                os.kill(b.pid, signal.SIGKILL)
+                os.waitpid(b.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+    if b.created:
+        try:
+            os.rmdir(b.dir)
+        except OSError:
+            pass
+
+
+def run(store, ins: list[str], outs: list[str], cmd: list[str], group: str | None = None,
+        job_type: str | None = None, message: str | None = None, echo=None) -> int:
+    """Run CMD as a run; returns the exit status for ``artfs run``."""
+    import pyfuse3  # noqa: F401  (imported before forking, so the daemons need not)
+    import trio  # noqa: F401
+
+    from . import daemon  # noqa: F401
+
+    if echo is None:
+        import click
+
+        echo = click.echo
+    if not cmd:
+        raise BadInput("no command given: artfs run [--in DIR=REF]... [--out DIR=NAME]... -- CMD [ARGS...]")
+    bindings = parse_bindings(store, ins, outs)
+    run_id = runs.start(store, job_type=job_type, group=group, command=cmd)
+    log_path = os.path.join(store.log_dir(), f"run-{run_id}.log")
+    proc: subprocess.Popen | None = None
+    interrupted: list[int] = []
+
+    def on_signal(sig, frame):
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+        else:
+            interrupted.append(sig)
+            raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    rc = 1
+    outcome = "failed"
+    try:
+        for b in bindings:
+            if not os.path.exists(b.dir):
+                os.makedirs(b.dir)
+                b.created = True
+        started = [(b, *_fork_mount(store.path, b, group, log_path)) for b in bindings]
+        errors = []
+        for b, pid, r in started:
+            b.pid = pid
+            msg = _wait_ready(pid, r)
+            if msg != "ok":
+                errors.append(f"{b.ref} at {b.dir}: {msg.removeprefix('error: ')}")
+        if errors:
+            raise ArtfsError("cannot mount " + "; ".join(errors))
+        for b in bindings:
+            if not b.output:
+                num = int(b.ref.rsplit(":v", 1)[1])
+                store.meta.run_used(run_id, b.name, num)
+        env = dict(os.environ, ARTFS_RUN_ID=run_id)
+        if group:
+            env["ARTFS_GROUP"] = group
+        try:
+            proc = subprocess.Popen(cmd, env=env)
+        except OSError as exc:
+            raise BadInput(f"cannot run {cmd[0]}: {exc.strerror}") from None
+        rc = proc.wait()
+        if rc < 0:
+            rc, outcome = 128 - rc, "killed"
+        elif rc == 0:
+            outcome = "finished"
+            for b in bindings:
+                if b.output:
+                    echo(_commit_output(store, run_id, b, group, message))
+        else:
+            echo(f"artfs: command exited with status {rc}; nothing committed (the drafts keep what it wrote)",
+                 err=True)
+    except KeyboardInterrupt:
+        rc, outcome = 128 + (interrupted[0] if interrupted else signal.SIGINT), "killed"
+    finally:
+        for b in bindings:
+            _unmount(b)
+        for s, h in old.items():
+            signal.signal(s, h)
+        store.meta.run_end(run_id, outcome, rc)
+    echo(f"run {run_id}")
+    return rc
+
+
+def _commit_output(store, run_id: str, b: Binding, group: str | None, message: str | None) -> str:
+    from .cli_mount import commit
+
+    out = commit(b.dir, message)
+    if group:
+        store.meta.run_upserted(run_id, b.name, group)
+        return out
+    ref = out.split(" ", 1)[0]
+    v = repo.resolve(store, ref)
+    store.meta.run_produced(run_id, v.artifact, v.num, "committed", v.created)
+    return out
