@@ -60,6 +60,7 @@ def copy_fd(src: int, dst: int, size: int) -> None:
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
                 raise
+            os.lseek(dst, off, os.SEEK_SET)  # sendfile writes at dst's position, copy_file_range did not move it
             n = os.sendfile(dst, src, off, size - off)
         if n == 0:
             break

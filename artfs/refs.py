@@ -65,7 +65,8 @@ def parse_ref(text: str) -> Ref:
     if VERSION_RE.fullmatch(tail):
         return Ref(name, version=int(tail[1:]))
     if re.fullmatch(r"v[0-9]+", tail):
-        raise BadInput(f"bad reference {text!r}: version numbers have no leading zeros")
+        why = "version numbers have no leading zeros" if tail.startswith("v0") else "version number too large"
+        raise BadInput(f"bad reference {text!r}: {why}")
     if not NAME_RE.fullmatch(tail):
         raise BadInput(f"bad reference {text!r}: {tail!r} is neither vN, an alias nor draft")
     return Ref(name, alias=tail)

@@ -145,12 +145,18 @@ def _payload(e: Entry):
 
 
 def encode_tree(entries) -> bytes:
-    """Canonical bytes of a directory.  ``entries`` in any order; names must be unique."""
+    """Canonical bytes of a directory.  ``entries`` in any order; names must be unique.
+
+    Every entry is checked with the same rules as :func:`decode_tree` (BadInput
+    on a violation), so nothing undecodable is ever written into a store.
+    """
     ents = sorted(entries, key=lambda e: e.name)
     for a, b in zip(ents, ents[1:]):
         if a.name == b.name:
             raise BadInput(f"duplicate name in tree: {a.name!r}")
     rows = [[e.name, e.kind, e.mode, e.uid, e.gid, e.size, e.mtime_ns, _payload(e)] for e in ents]
+    for row in rows:
+        _check_row(row, _refuse)
     return FORMAT_BYTE + msgpack.packb(rows, use_bin_type=True)
 
 
@@ -161,25 +167,82 @@ def tree_identity(entries) -> bytes:
     return blake3.blake3(IDENT_PREFIX + msgpack.packb(rows, use_bin_type=True)).digest()
 
 
-EMPTY_TREE = encode_tree([])
-EMPTY_TREE_DIGEST = blake3.blake3(EMPTY_TREE).digest()
-EMPTY_IDENT = tree_identity([])
-
-
 def _bad(why: str):
     raise Corrupt(f"malformed tree: {why}")
 
 
-def _int(v, lo, hi, what):
+def _refuse(why: str):
+    raise BadInput(f"cannot encode tree entry: {why}")
+
+
+def _int(v, lo, hi, what, fail=_bad):
     if type(v) is not int or not lo <= v <= hi:
-        _bad(f"{what} out of range: {v!r}")
+        fail(f"{what} out of range: {v!r}")
     return v
 
 
-def _digest(v, what):
+def _digest(v, what, fail=_bad):
     if type(v) is not bytes or len(v) != DIGEST_LEN:
-        _bad(f"{what} is not a {DIGEST_LEN}-byte digest")
+        fail(f"{what} is not a {DIGEST_LEN}-byte digest")
     return v
+
+
+def _check_row(row, fail) -> None:
+    """Validate one ``[name, kind, mode, uid, gid, size, mtime, payload]`` row; ``fail(why)`` raises."""
+    if type(row) is not list or len(row) != 8:
+        fail("entry is not an 8-element array")
+    name, kind, mode, uid, gid, size, mtime, payload = row
+    if not (type(name) is bytes and 0 < len(name) <= MAX_NAME and b"/" not in name and b"\0" not in name
+            and name != b"." and name != b".."):  # fast path; check_name says why
+        if type(name) is not bytes:
+            fail("name is not binary")
+        try:
+            check_name(name)
+        except BadInput as exc:
+            fail(str(exc))
+    if type(kind) is not int or kind not in KINDS:
+        fail(f"unknown kind {kind!r}")
+    if not (type(mode) is int and type(uid) is int and type(gid) is int and type(size) is int and type(mtime) is int
+            and 0 <= mode <= 0o7777 and 0 <= uid <= _U32 and 0 <= gid <= _U32 and 0 <= size <= _I64
+            and -_I64 - 1 <= mtime <= _I64):  # fast path; the checks below say which
+        _int(mode, 0, 0o7777, "mode", fail)
+        _int(uid, 0, _U32, "uid", fail)
+        _int(gid, 0, _U32, "gid", fail)
+        _int(size, 0, _I64, "size", fail)
+        _int(mtime, -_I64 - 1, _I64, "mtime", fail)
+    if kind == FILE:
+        if type(payload) is not bytes or len(payload) != DIGEST_LEN:
+            _digest(payload, "file digest", fail)
+    elif kind == DIR:
+        if type(payload) is not list or len(payload) != 3:
+            fail("dir payload")
+        _digest(payload[0], "tree digest", fail)
+        _digest(payload[1], "identity digest", fail)
+        _int(payload[2], 0, _I64, "file count", fail)
+    elif kind == SYMLINK:
+        if type(payload) is not bytes or not payload or b"\0" in payload or len(payload) > MAX_TARGET:
+            fail("symlink target")
+    else:
+        if type(payload) is not list or len(payload) != 2 or type(payload[1]) is not str:
+            fail("reference payload")
+        _digest(payload[0], "reference digest", fail)
+        try:
+            if len(payload[1].encode("utf-8")) > MAX_URI:
+                fail("reference uri too long")
+        except UnicodeEncodeError:
+            fail("reference uri is not UTF-8")
+
+
+def _entry_of(row) -> Entry:
+    """The Entry of a row that passed :func:`_check_row`."""
+    name, kind, mode, uid, gid, size, mtime, p = row
+    if kind == FILE:
+        return Entry(name, kind, mode, uid, gid, size, mtime, digest=p)
+    if kind == DIR:
+        return Entry(name, kind, mode, uid, gid, size, mtime, digest=p[0], ident=p[1], nfiles=p[2])
+    if kind == SYMLINK:
+        return Entry(name, kind, mode, uid, gid, size, mtime, target=p)
+    return Entry(name, kind, mode, uid, gid, size, mtime, digest=p[0], uri=p[1])
 
 
 def decode_tree(data: bytes) -> list[Entry]:
@@ -188,15 +251,16 @@ def decode_tree(data: bytes) -> list[Entry]:
         _bad("too large")
     if not data or data[:1] != FORMAT_BYTE:
         _bad(f"unknown format byte {data[:1]!r}")
+    body = data[1:]
     try:
         rows = msgpack.unpackb(
-            data[1:],
+            body,
             raw=False,
             use_list=True,
             strict_map_key=True,
             max_str_len=MAX_URI,
             max_bin_len=MAX_TARGET,
-            max_array_len=MAX_ENTRIES,
+            max_array_len=min(MAX_ENTRIES, len(body)),  # every element takes at least one byte
             max_map_len=0,
             max_ext_len=0,
         )
@@ -207,42 +271,18 @@ def decode_tree(data: bytes) -> list[Entry]:
     out: list[Entry] = []
     prev = None
     for row in rows:
-        if type(row) is not list or len(row) != 8:
-            _bad("entry is not an 8-element array")
-        name, kind, mode, uid, gid, size, mtime, payload = row
-        if type(name) is not bytes:
-            _bad("name is not binary")
-        try:
-            check_name(name)
-        except BadInput as exc:
-            _bad(str(exc))
-        if prev is not None and name <= prev:
-            _bad(f"entries not sorted/unique at {name!r}")
-        prev = name
-        if kind not in KINDS or type(kind) is not int:
-            _bad(f"unknown kind {kind!r}")
-        _int(mode, 0, 0o7777, "mode")
-        _int(uid, 0, _U32, "uid")
-        _int(gid, 0, _U32, "gid")
-        _int(size, 0, _I64, "size")
-        _int(mtime, -_I64 - 1, _I64, "mtime")
-        kw = {}
-        if kind == FILE:
-            kw["digest"] = _digest(payload, "file digest")
-        elif kind == DIR:
-            if type(payload) is not list or len(payload) != 3:
-                _bad("dir payload")
-            kw["digest"] = _digest(payload[0], "tree digest")
-            kw["ident"] = _digest(payload[1], "identity digest")
-            kw["nfiles"] = _int(payload[2], 0, _I64, "file count")
-        elif kind == SYMLINK:
-            if type(payload) is not bytes or not payload or b"\0" in payload:
-                _bad("symlink target")
-            kw["target"] = payload
-        else:
-            if type(payload) is not list or len(payload) != 2 or type(payload[1]) is not str:
-                _bad("reference payload")
-            kw["digest"] = _digest(payload[0], "reference digest")
-            kw["uri"] = payload[1]
-        out.append(Entry(name, kind, mode, uid, gid, size, mtime, **kw))
+        _check_row(row, _bad)
+        if prev is not None and row[0] <= prev:
+            _bad(f"entries not sorted/unique at {row[0]!r}")
+        prev = row[0]
+        out.append(_entry_of(row))
+    # one content, one byte string: a wider int or str header than msgpack's
+    # shortest form would decode the same but name a different object
+    if msgpack.packb(rows, use_bin_type=True) != body:
+        _bad("not in canonical form")
     return out
+
+
+EMPTY_TREE = encode_tree([])
+EMPTY_TREE_DIGEST = blake3.blake3(EMPTY_TREE).digest()
+EMPTY_IDENT = tree_identity([])
