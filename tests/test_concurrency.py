@@ -26,7 +26,7 @@ PRELUDE = textwrap.dedent("""
     import artfs, artfs.repo
     store_path, go, wid, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     open(go + f"-ready-{wid}", "w").close()
-    deadline = time.time() + 30
+    deadline = time.time() + 120  # longer than the parent waits for every worker to be ready
     while not os.path.exists(go):
         if time.time() > deadline:
             sys.exit("start file never appeared")
@@ -45,7 +45,7 @@ def run_workers(code: str, store_path: str, tmp_path, n: int | None = None, work
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(tmp_path))
         for w in range(workers)
     ]
-    deadline = time.time() + 30  # release them together, once all have started and imported artfs
+    deadline = time.time() + 60  # release them together, once all have started and imported artfs
     while not all(os.path.exists(f"{go}-ready-{w}") for w in range(workers)) and time.time() < deadline:
         if any(p.poll() is not None for p in procs):
             break
@@ -55,7 +55,7 @@ def run_workers(code: str, store_path: str, tmp_path, n: int | None = None, work
     failures = []
     for w, p in enumerate(procs):
         try:
-            out, err = p.communicate(timeout=90)
+            out, err = p.communicate(timeout=120)
         except subprocess.TimeoutExpired:
             p.kill()
             out, err = p.communicate()
