@@ -399,7 +399,7 @@ def delete_alias(store: Store, text: str) -> None:
 # -- fsck and gc ---------------------------------------------------------------------------
 
 def _draft_roots(store: Store):
-    """Digests (trees, blobs) that drafts reference, with a label for each."""
+    """Digests (trees, blobs) that drafts and pending collaborative versions reference, labelled."""
     from .draft import DEntry
 
     bases, recs = store.meta.all_draft_recs()
@@ -407,14 +407,15 @@ def _draft_roots(store: Store):
     for did, base in bases:
         if base:
             trees.append((bytes.fromhex(base), f"draft {did}"))
-    for did, rec in recs:
+    labelled = [(f"draft {did}", rec) for did, rec in recs] + store.meta.all_pending_recs()
+    for label, rec in labelled:
         e = DEntry.decode(rec)
         if e is None:
             continue
         if e.kind == DIR and e.tree is not None:
-            trees.append((e.tree, f"draft {did}"))
+            trees.append((e.tree, label))
         elif e.kind == FILE and e.digest is not None:
-            blobs.append((e.digest, f"draft {did}"))
+            blobs.append((e.digest, label))
     return trees, blobs
 
 
@@ -425,8 +426,6 @@ def mark(store: Store, problems: list | None = None, progress=None) -> dict[str,
     roots += [(bytes.fromhex(r["root"]), f"{r['artifact']}:v{r['num']}") for r in store.meta.all_versions()]
     draft_trees, draft_blobs = _draft_roots(store)
     roots += draft_trees
-    for extra in extra_roots(store):
-        roots.append(extra)
 
     def visit_tree(digest: bytes, label: str, path: tuple):
         hexd = digest.hex()
@@ -455,12 +454,6 @@ def mark(store: Store, problems: list | None = None, progress=None) -> dict[str,
     for digest, label in draft_blobs:
         seen.setdefault(digest.hex(), label)
     return seen
-
-
-def extra_roots(store: Store):
-    """Hook for later layers (pending collaborative versions) to add tree roots to gc/fsck."""
-    fn = getattr(store.meta, "pending_roots", None)
-    return fn() if fn else []
 
 
 def fsck(store: Store, progress=None) -> list[str]:
