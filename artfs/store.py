@@ -45,8 +45,9 @@ class Store:
         self.path = os.path.abspath(path)
         self.objects = ObjectStore(self.path)
         self.meta = SqliteMeta(os.path.join(self.path, "meta.sqlite"))
-        self._trees: OrderedDict[bytes, list] = OrderedDict()
-        self._tree_cache_size = 4096
+        self._trees: OrderedDict[bytes, list | dict] = OrderedDict()
+        self._tree_cache_entries = 0
+        self.tree_cache_limit = 400_000  # decoded entries kept (about 150 MB at most)
         self._tree_lock = threading.Lock()  # the cache is shared by FUSE worker threads
 
     # -- opening -------------------------------------------------------------
@@ -88,10 +89,16 @@ class Store:
         return entries
 
     def _cache(self, key, value) -> None:
+        """LRU bounded by the number of decoded entries, not of trees (a tree may hold a million)."""
         with self._tree_lock:
+            old = self._trees.pop(key, None)
+            if old is not None:
+                self._tree_cache_entries -= len(old)
             self._trees[key] = value
-            if len(self._trees) > self._tree_cache_size:
-                self._trees.popitem(last=False)
+            self._tree_cache_entries += len(value)
+            while self._tree_cache_entries > self.tree_cache_limit and len(self._trees) > 1:
+                _, evicted = self._trees.popitem(last=False)
+                self._tree_cache_entries -= len(evicted)
 
     def tree_map(self, digest: bytes) -> dict:
         """name -> Entry of a tree (cached alongside the list)."""

@@ -549,12 +549,6 @@ def _read_all(path: str) -> bytes:
         return f.read()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a corrupt object's bytes are returned without error. vfs.py VFS._verify_step raises Corrupt "
-    "(EIO) once at EOF but first sets h.hasher = None and records nothing on the node, so the kernel's "
-    "retry of the failed readahead (4 KiB page reads) is served unverified: `cat` exits 0 with wrong "
-    "bytes, open().read() returns them, for small and large files alike. Reads not starting at offset 0 "
-    "of a handle (mmap, pread, pages already cached) are never verified at all"))
 @pytest.mark.timeout(120)
 def test_corrupt_object_read_fails_eio(corrupt_store, tmp_path):
     mnt = str(tmp_path / "m")

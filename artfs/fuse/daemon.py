@@ -27,7 +27,8 @@ from ..errors import ArtfsError
 from ..refs import parse_ref
 from ..store import Store
 from .ops import Operations
-from .vfs import VFS, VersionView
+from .draft_vfs import DraftVFS
+from .vfs import VersionView, VersionVFS
 
 log = logging.getLogger("artfs.fuse")
 
@@ -37,7 +38,7 @@ def build_ops(store: Store, ref_text: str, distributed_id: str | None = None) ->
     if ref.draft:
         view = repo.open_draft(store, ref.name)
         _lock_draft(view)
-        vfs = VFS(view, readonly=False)
+        vfs = DraftVFS(view)
         collab = None
         if distributed_id:
             from .collab import MountCollab
@@ -46,7 +47,7 @@ def build_ops(store: Store, ref_text: str, distributed_id: str | None = None) ->
         return Operations(vfs, collab)
     if distributed_id:
         raise ArtfsError("--distributed-id needs a draft: mount NAME:draft")
-    return Operations(VFS(VersionView(store, repo.resolve(store, ref)), readonly=True))
+    return Operations(VersionVFS(VersionView(store, repo.resolve(store, ref))))
 
 
 _draft_locks = []  # held for the life of the daemon

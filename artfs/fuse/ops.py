@@ -28,7 +28,7 @@ import trio
 
 from .. import errors
 from ..draft import Exists, IsADirectory, NotADirectory, NotEmpty
-from .vfs import CTL_NAME, ROOT_INO, VFS, NotPermitted
+from .vfs import CTL_NAME, ROOT_INO, BaseVFS, NotPermitted
 
 log = logging.getLogger("artfs.fuse")
 
@@ -134,7 +134,7 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, vfs: VFS, collab=None):
+    def __init__(self, vfs: BaseVFS, collab=None):
         super().__init__()
         self.vfs = vfs
         self.ro = vfs.readonly
@@ -142,6 +142,7 @@ class Operations(pyfuse3.Operations):
         self.gate = Gate()
         self.commit_lock = trio.Lock()
         self.copy_locks: dict[int, trio.Lock] = {}
+        self.verify_locks: dict[str, trio.Lock] = {}
         self.dirs: dict[int, list] = {}
         self.next_dh = 1
         self.ctl: dict[int, tuple[int, bytearray]] = {}
@@ -236,15 +237,11 @@ class Operations(pyfuse3.Operations):
                 if not pyfuse3.readdir_reply(token, name, self._ctl_attr(CTL_FILES[name]), i + 1):
                     return
                 continue
-            parent = vfs.nodes.get(inode)
-            if parent is None:
+            n = vfs.dirent_node(inode, i, name, e)
+            counted = pyfuse3.readdir_reply(token, name, self._attr(vfs.stat(n, e)), i + 1)
+            vfs.dirent_counted(n, counted)
+            if not counted:
                 return
-            n = vfs._child_node(parent, name, e)
-            if not pyfuse3.readdir_reply(token, name, self._attr(vfs.stat(n, e)), i + 1):
-                if n.lookups <= 0 and not n.handles:
-                    vfs._drop(n)
-                return
-            n.lookups += 1
 
     async def releasedir(self, fh):
         self.dirs.pop(fh, None)
@@ -360,7 +357,24 @@ class Operations(pyfuse3.Operations):
                 h = vfs.open(inode, True)
         else:
             h = vfs.open(inode, False)
+            try:
+                await self._verify(h)
+            except BaseException:
+                vfs.release(h.fh)
+                raise
         return pyfuse3.FileInfo(fh=h.fh, keep_cache=True)
+
+    async def _verify(self, h) -> None:
+        """Check stored content against its digest once per mount, off the trio thread."""
+        hexd = self.vfs.pending_verify(h)
+        if hexd is None:
+            return
+        lock = self.verify_locks.setdefault(hexd, trio.Lock())
+        async with lock:
+            if self.vfs.pending_verify(h) is not None:
+                await trio.to_thread.run_sync(self.vfs.verify_blocking, h)
+        if not lock.locked():
+            self.verify_locks.pop(hexd, None)
 
     @fuse_handler
     async def create(self, parent_inode, name, mode, flags, ctx):
@@ -422,18 +436,20 @@ class Operations(pyfuse3.Operations):
         s.f_namemax = 255
         return s
 
-    # -- xattrs: not versioned; a clean ENOTSUP (EROFS for writes on versions) ---------
+    # -- xattrs are not versioned.  ENOSYS once makes the kernel stop asking (no round
+    # trip per `ls -l` entry) and answer EOPNOTSUPP itself; a version's mount is
+    # read-only, so the kernel refuses setxattr there with EROFS before we see it.
     async def getxattr(self, inode, name, ctx):
-        raise pyfuse3.FUSEError(errno.ENODATA)
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def listxattr(self, inode, ctx):
-        return []
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def setxattr(self, inode, name, value, ctx):
-        raise pyfuse3.FUSEError(errno.EROFS if self.ro else errno.ENOTSUP)
+        raise pyfuse3.FUSEError(errno.EROFS if self.ro else errno.ENOSYS)
 
     async def removexattr(self, inode, name, ctx):
-        raise pyfuse3.FUSEError(errno.EROFS if self.ro else errno.ENOTSUP)
+        raise pyfuse3.FUSEError(errno.EROFS if self.ro else errno.ENOSYS)
 
     # -- the control files --------------------------------------------------------------
     def _open_ctl(self, inode: int, flags: int, status: str | None = None) -> pyfuse3.FileInfo:
