@@ -22,6 +22,7 @@ import time
 
 from . import repo
 from .errors import NotFound
+from .proc import alive
 
 
 def new_id() -> str:
@@ -47,13 +48,8 @@ def state(row: dict) -> str:
     """The outcome to show: a 'running' run whose process is gone on this host 'died'."""
     if row["outcome"] != "running":
         return row["outcome"]
-    if row["host"] == socket.gethostname() and row["pid"]:
-        try:
-            os.kill(row["pid"], 0)
-        except ProcessLookupError:
-            return "died"
-        except PermissionError:
-            pass
+    if row["host"] == socket.gethostname() and row["pid"] and not alive(row["pid"]):
+        return "died"
     return "running"
 
 

@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from artfs.proc import alive
+
 ARTFS = [sys.executable, "-m", "artfs.cli"]
 
 needs_fuse = pytest.mark.skipif(
@@ -56,11 +58,9 @@ def force_unmount(mnt: str, pid: int | None = None) -> None:
     if pid:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not alive(pid):
                 break
-            time.sleep(0.02)
+            time.sleep(0.01)
         else:
             for sig in (signal.SIGTERM, signal.SIGKILL):
                 try:
@@ -106,12 +106,8 @@ class Mounted:
         if self.pid:
             os.kill(self.pid, signal.SIGKILL)
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(self.pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.02)
+            while time.monotonic() < deadline and alive(self.pid):
+                time.sleep(0.01)
         subprocess.run(["fusermount3", "-u", "-z", self.mnt], capture_output=True)
 
 

@@ -10,6 +10,7 @@ import time
 import click
 
 from ..errors import ArtfsError, BadInput
+from ..proc import alive
 from ..refs import parse_ref
 
 READY_TIMEOUT = 60.0
@@ -109,12 +110,9 @@ def umount(mnt: str, timeout: float = 30.0) -> None:
     if p.returncode != 0:
         raise ArtfsError((p.stderr.strip().splitlines() or ["fusermount3 failed"])[-1])
     deadline = time.monotonic() + timeout
-    while pid and time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.02)
+    while pid and alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
 
 
 def _ctl(mnt: str, name: str) -> str:
