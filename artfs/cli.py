@@ -321,12 +321,21 @@ def finish(env: Env, name: str, src: str | None, distributed_id: str | None, mes
 
 
 @cli.command()
-@click.argument("name")
-@click.option("--pending", "did", metavar="ID", required=True, help="The pending collaborative version to drop.")
+@click.argument("ref", metavar="NAME:draft | NAME")
+@click.option("--pending", "did", metavar="ID", help="The pending collaborative version of NAME to drop.")
 @pass_env
-def discard(env: Env, name: str, did: str):
-    """Drop a pending collaborative version (nothing of it reaches a version)."""
+def discard(env: Env, ref: str, did: str | None):
+    """Drop NAME:draft (its changes are lost), or a pending collaborative version."""
+    from .refs import parse_ref
+
     s = env.store()
+    if did is None:
+        r = parse_ref(ref)
+        if not r.draft:
+            raise BadInput(f"expected NAME:draft, or NAME --pending ID; got {ref!r}")
+        click.echo(repo.discard_draft(s, r.name))
+        return
+    name = ref
     check_artifact_name(name)
     p = s.meta.pending(name, did)
     if p is None:

@@ -124,6 +124,29 @@ def open_draft(store: Store, name: str, key: str | None = None, type_: str | Non
     return Draft.open(store, key, name, t, parent.num if parent else None, parent.root.hex() if parent else None)
 
 
+def discard_draft(store: Store, name: str) -> str:
+    """Drop the artifact's mountable draft (refused while it is mounted); says what happened."""
+    import fcntl
+
+    check_artifact_name(name)
+    row = store.meta.draft(f"draft:{name}")
+    if row is None:
+        return f"{name} has no draft"
+    d = Draft(store, row)
+    lock = os.path.join(d.scratch_dir, ".mounted")
+    if os.path.exists(lock):
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BadInput(f"{name}:draft is mounted; unmount it first") from None
+        finally:
+            os.close(fd)
+    n = len(d.status())
+    d.discard()
+    return f"discarded {name}:draft ({n} change{'s' if n != 1 else ''})"
+
+
 # -- walking versions ---------------------------------------------------------------
 
 def lookup(store: Store, v: VersionInfo, path: str | bytes) -> Entry:
