@@ -38,6 +38,7 @@ CTL_NAMES = {v: k for k, v in CTL_FILES.items()}
 CTL_FH_BASE = 1 << 48
 RO_TIMEOUT = 3600.0
 DRAFT_TIMEOUT = 10.0
+INLINE_VERIFY = 256 * 1024  # smaller contents are hashed on the trio thread
 
 _ERRNO = [
     (Exists, errno.EEXIST),
@@ -368,6 +369,9 @@ class Operations(pyfuse3.Operations):
         """Check stored content against its digest once per mount, off the trio thread."""
         hexd = self.vfs.pending_verify(h)
         if hexd is None:
+            return
+        if os.fstat(h.fd).st_size <= INLINE_VERIFY:
+            self.vfs.verify_blocking(h)  # microseconds: cheaper than a trip to a worker thread
             return
         lock = self.verify_locks.setdefault(hexd, trio.Lock())
         async with lock:
