@@ -266,20 +266,26 @@ def put_dir(store: Store, name: str, src: str, type_: str | None = None, message
     if not os.path.isdir(src):
         raise BadInput(f"not a directory: {src}")
     start = time.time()
+    cache_rows: list = []
     with store.writing():
-        root = build_tree_from_dir(store, src, progress=progress, cache_before=start - 2)
+        root = build_tree_from_dir(store, src, progress=progress, cache_before=start - 2, cache_rows=cache_rows)
         store.objects.sync()
         num, unchanged = store.meta.commit_version(
             name, type_, root.digest.hex(), root.ident.hex(), None, "latest", message, metadata,
             root.nfiles, root.size, "single", description,
         )
+    # only once the version exists: a cached digest is then one a version reaches
+    store.meta.filecache_put(cache_rows)
     art = store.meta.artifact(name)
     return VersionInfo.of(store.meta.version(name, num), art["type"]), unchanged
 
 
 def build_tree_from_dir(store: Store, src: str, progress=None, cache_before: float | None = None,
-                        reject_control: bool = True) -> Entry:
-    """Store a local directory's files and trees; returns its DIR entry (caller holds writing())."""
+                        reject_control: bool = True, cache_rows: list | None = None) -> Entry:
+    """Store a local directory's files and trees; returns its DIR entry (caller holds writing()).
+
+    With ``cache_rows``, files not yet in the put cache are appended to it as rows for
+    ``meta.filecache_put``, for the caller to record once the version exists."""
     items = list(_scan(src))
     if reject_control and any(p == (CONTROL_DIR,) for p, _, _ in items):
         raise BadInput(f"{os.path.join(src, '.artfs')}: the name .artfs is reserved")
@@ -331,12 +337,12 @@ def build_tree_from_dir(store: Store, src: str, progress=None, cache_before: flo
         dirs[p[:-1]].append(_dir_entry(store, p[-1], ents, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns))
     st = os.stat(src)
     root = _dir_entry(store, b"", dirs[()], stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns)
-    if cache_before is not None:
-        rows = []
+    if cache_rows is not None and cache_before is not None:
+        fresh = set(todo)  # files already in the cache need no new row
         for p, st, full in files:
-            if st.st_mtime_ns / 1e9 < cache_before and st.st_ctime_ns / 1e9 < cache_before:
-                rows.append((full, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, digests[full][0].hex()))
-        store.meta.filecache_put(rows)
+            if full in fresh and st.st_mtime_ns / 1e9 < cache_before and st.st_ctime_ns / 1e9 < cache_before:
+                cache_rows.append((full, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                   digests[full][0].hex()))
     return root
 
 
