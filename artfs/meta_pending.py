@@ -105,9 +105,11 @@ class PendingMeta:
                         clash(path, r["writer"])
                 # something of mine inside another writer's file or removal, or the reverse
                 if not is_dir(rec):
-                    prefix = path + b"/"
-                    for r in db.execute("SELECT writer FROM pending_rows WHERE pending_id=? AND writer<>? AND"
-                                        " substr(path, 1, ?)=?", (pid, writer, len(prefix), prefix)):
+                    # paths below ``path`` are exactly those in [path + "/", path + "0") ("0" follows "/"):
+                    # a range on the (pending_id, path) index, not a scan of every row
+                    for r in db.execute("SELECT DISTINCT writer FROM pending_rows INDEXED BY pending_rows_path"
+                                        " WHERE pending_id=? AND path>=? AND path<?"
+                                        " AND writer<>?", (pid, path + b"/", path + b"0", writer)):
                         clash(path, r["writer"])
                 parts = path.split(b"/")
                 for i in range(1, len(parts)):
