@@ -7,7 +7,7 @@ Layout of the embedded default store::
     STORE/objects/ STORE/tmp/   content-addressed objects (objects.py)
     STORE/drafts/<id>/       scratch files of drafts (copied-up / new files)
     STORE/logs/              mount daemon logs
-    STORE/gc.lock            see :meth:`Store.writing` and :meth:`Store.collecting`
+    STORE/gc.lock, gc.turn   see :meth:`Store.writing` and :meth:`Store.collecting`
 
 The gc rule: a writer holds a shared ``flock`` on ``gc.lock`` from before it
 writes or reuses its first object until the metadata row that references
@@ -125,18 +125,28 @@ class Store:
 
     # -- the gc lock ---------------------------------------------------------
     @contextmanager
-    def _flock(self, how):
-        fd = os.open(os.path.join(self.path, "gc.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    def _flock(self, how, name: str = "gc.lock"):
+        fd = os.open(os.path.join(self.path, name), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, how)
             yield
         finally:
             os.close(fd)
 
+    @contextmanager
     def writing(self):
-        """Held by writers from first object to the row that references it."""
-        return self._flock(fcntl.LOCK_SH)
+        """Held by writers from first object to the row that references it.
 
+        A writer passes the turnstile (``gc.turn``) on its way in, so once gc
+        waits there no new writer starts: flock alone grants shared locks ahead
+        of a waiting exclusive one, and busy writers would starve gc forever."""
+        with self._flock(fcntl.LOCK_SH, "gc.turn"):
+            pass
+        with self._flock(fcntl.LOCK_SH):
+            yield
+
+    @contextmanager
     def collecting(self):
-        """Held by gc for its whole mark and sweep."""
-        return self._flock(fcntl.LOCK_EX)
+        """Held by gc for its whole mark and sweep (the turnstile first: see writing)."""
+        with self._flock(fcntl.LOCK_EX, "gc.turn"), self._flock(fcntl.LOCK_EX):
+            yield

@@ -253,8 +253,6 @@ def test_finish_races_with_upserts_and_another_finish(tmp_path, store, store_pat
     print("race: last successful upsert of each writer", lasts)
 
 
-@pytest.mark.xfail(reason="store.py: gc's LOCK_EX on gc.lock can starve while writers keep taking LOCK_SH (flock "
-                          "grants shared locks ahead of a waiting exclusive one); timing-dependent", strict=False)
 def test_gc_is_not_starved_by_busy_upserters(tmp_path, store, store_path):
     stop = str(tmp_path / "stop")
     writers = start_growers(tmp_path, store, store_path, "busy", "b", stop_file=stop)
