@@ -169,13 +169,17 @@ def run(store, ins: list[str], outs: list[str], cmd: list[str], group: str | Non
     log_path = os.path.join(store.log_dir(), f"run-{run_id}.log")
     proc: subprocess.Popen | None = None
     interrupted: list[int] = []
+    forwarded: list[int] = []
+    phase = ["mounting"]  # -> "running" (CMD may be started) -> "ending" (commit and cleanup)
 
     def on_signal(sig, frame):
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(sig)
-        else:
-            interrupted.append(sig)
+        interrupted.append(sig)
+        if phase[0] == "mounting":
             raise KeyboardInterrupt
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)  # CMD decides how to stop; whatever it exits with, nothing is committed
+            forwarded.append(sig)
+        # once CMD has ended, a signal is only noted: the commit and the unmounts are not cut short
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     rc = 1
@@ -201,12 +205,22 @@ def run(store, ins: list[str], outs: list[str], cmd: list[str], group: str | Non
         env = dict(os.environ, ARTFS_RUN_ID=run_id)
         if group:
             env["ARTFS_GROUP"] = group
+        phase[0] = "running"
+        if interrupted:
+            raise KeyboardInterrupt
         try:
             proc = subprocess.Popen(cmd, env=env)
         except OSError as exc:
             raise BadInput(f"cannot run {cmd[0]}: {exc.strerror}") from None
+        if interrupted and not forwarded:  # a signal that came while CMD was being started
+            proc.send_signal(interrupted[0])
         rc = proc.wait()
-        if rc < 0:
+        phase[0] = "ending"
+        if interrupted:  # asked to stop: even a CMD that handled the signal and exited 0 did not finish its work
+            rc, outcome = (128 - rc if rc < 0 else rc or 128 + interrupted[0]), "killed"
+            echo(f"artfs: interrupted by {signal.Signals(interrupted[0]).name}; nothing committed"
+                 " (the drafts keep what it wrote)", err=True)
+        elif rc < 0:
             rc, outcome = 128 - rc, "killed"
         elif rc == 0:
             outcome = "finished"
@@ -218,12 +232,16 @@ def run(store, ins: list[str], outs: list[str], cmd: list[str], group: str | Non
                  err=True)
     except KeyboardInterrupt:
         rc, outcome = 128 + (interrupted[0] if interrupted else signal.SIGINT), "killed"
+    except ArtfsError as exc:
+        rc = exc.exit_code  # recorded as the run's exit status, the same as `artfs run` exits with
+        raise
     finally:
+        phase[0] = "ending"
         for b in bindings:
             _unmount(b)
+        store.meta.run_end(run_id, outcome, rc)
         for s, h in old.items():
             signal.signal(s, h)
-        store.meta.run_end(run_id, outcome, rc)
     echo(f"run {run_id}")
     return rc
 
