@@ -199,33 +199,39 @@ class SqliteMeta(PendingMeta, RunsMeta):
         ``"latest"`` and no ``parent``, the new version's parent is the
         latest it was compared to (what ``put`` replaces).
         """
-        meta_json = json.dumps(metadata or {}, sort_keys=True)
         with self.tx() as db:
-            aid = self._ensure_artifact(db, name, type_, description)
-            if compare_to == "parent":
-                cmp = parent
-            else:
-                r = db.execute("SELECT num FROM aliases WHERE artifact_id=? AND alias='latest'", (aid,)).fetchone()
-                cmp = r["num"] if r else None
-            if cmp is not None:
-                r = db.execute("SELECT ident FROM versions WHERE artifact_id=? AND num=?", (aid, cmp)).fetchone()
-                if r is not None and r["ident"] == ident:
-                    if after:
-                        after(db, cmp, True)
-                    return cmp, True
-            if parent is None:
-                parent = cmp
-            r = db.execute("SELECT MAX(num) AS m FROM versions WHERE artifact_id=?", (aid,)).fetchone()
-            num = 0 if r["m"] is None else r["m"] + 1
-            db.execute(
-                "INSERT INTO versions(artifact_id, num, root, ident, parent, created, message, metadata,"
-                " file_count, total_bytes, how) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
-                (aid, num, root, ident, parent, time.time(), message, meta_json, file_count, total_bytes, how),
-            )
-            db.execute("INSERT OR REPLACE INTO aliases VALUES(?, 'latest', ?)", (aid, num))
-            if after:
-                after(db, num, False)
-            return num, False
+            return self._commit_version_in(db, name, type_, root, ident, parent, compare_to, message, metadata,
+                                           file_count, total_bytes, how, description, after)
+
+    def _commit_version_in(self, db, name, type_, root, ident, parent, compare_to, message, metadata, file_count,
+                           total_bytes, how, description=None, after=None) -> tuple[int, bool]:
+        """commit_version's body, inside the caller's transaction."""
+        meta_json = json.dumps(metadata or {}, sort_keys=True)
+        aid = self._ensure_artifact(db, name, type_, description)
+        if compare_to == "parent":
+            cmp = parent
+        else:
+            r = db.execute("SELECT num FROM aliases WHERE artifact_id=? AND alias='latest'", (aid,)).fetchone()
+            cmp = r["num"] if r else None
+        if cmp is not None:
+            r = db.execute("SELECT ident FROM versions WHERE artifact_id=? AND num=?", (aid, cmp)).fetchone()
+            if r is not None and r["ident"] == ident:
+                if after:
+                    after(db, cmp, True)
+                return cmp, True
+        if parent is None:
+            parent = cmp
+        r = db.execute("SELECT MAX(num) AS m FROM versions WHERE artifact_id=?", (aid,)).fetchone()
+        num = 0 if r["m"] is None else r["m"] + 1
+        db.execute(
+            "INSERT INTO versions(artifact_id, num, root, ident, parent, created, message, metadata,"
+            " file_count, total_bytes, how) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
+            (aid, num, root, ident, parent, time.time(), message, meta_json, file_count, total_bytes, how),
+        )
+        db.execute("INSERT OR REPLACE INTO aliases VALUES(?, 'latest', ?)", (aid, num))
+        if after:
+            after(db, num, False)
+        return num, False
 
     # -- aliases --------------------------------------------------------------
     def alias(self, name: str, alias: str) -> int | None:

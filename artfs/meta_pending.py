@@ -22,7 +22,7 @@ PENDING_SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending(
     id INTEGER PRIMARY KEY, artifact TEXT NOT NULL, type TEXT NOT NULL,
     distributed_id TEXT NOT NULL, parent INTEGER, base_root TEXT,
-    created REAL NOT NULL, finished INTEGER, gen INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL, finished INTEGER,
     UNIQUE(artifact, distributed_id));
 CREATE TABLE IF NOT EXISTS pending_rows(
     pending_id INTEGER NOT NULL, writer TEXT NOT NULL, path BLOB NOT NULL,
@@ -127,40 +127,30 @@ class PendingMeta:
             db.executemany("INSERT INTO pending_rows VALUES(?,?,?,?)",
                            [(pid, writer, path, rec) for path, rec in rows.items()])
             db.execute("INSERT OR REPLACE INTO pending_writers VALUES(?,?,?,?)", (pid, writer, label, time.time()))
-            db.execute("UPDATE pending SET gen=gen+1 WHERE id=?", (pid,))
         return self._enrich(self.pending(artifact, did))
 
-    def seal_pending(self, artifact: str, did: str, build, **commit_kw) -> tuple[int, bool]:
-        """Seal: ``build(rows, parent, base_root) -> (root_hex, ident_hex, files, bytes)`` runs first
-        (outside any transaction), then the version is inserted and the pending row marked finished
-        in one transaction — unless an upsert came in meanwhile (``gen`` moved): then build again."""
-        while True:
-            p = self.pending(artifact, did)
+    def seal_pending(self, artifact: str, did: str, build, message: str | None = None,
+                     metadata: dict | None = None) -> tuple[int, bool]:
+        """Seal: inside one write transaction, ``build(rows, parent, base_root) -> (root_hex,
+        ident_hex, files, bytes)`` writes the trees, the version is inserted and the pending row
+        marked finished.  Upserts wait for it meanwhile, so the version holds exactly the rows
+        that were there (and a stream of upserts cannot keep the finish from happening)."""
+        with self.tx() as db:
+            p = self._pending_row(db, artifact, did)
             if p is None:
                 raise NotFound(f"no pending version {did!r} of {artifact}")
             if p["finished"] is not None:
                 raise self._finished_error(p)
-            rows = self.pending_rows(p["id"])
+            rows = [(r["writer"], bytes(r["path"]), bytes(r["rec"])) for r in db.execute(
+                "SELECT writer, path, rec FROM pending_rows WHERE pending_id=? ORDER BY path", (p["id"],))]
             root, ident, nfiles, nbytes = build(rows, p["parent"], p["base_root"])
-
-            def mark(db, num, unchanged, p=p):
-                r = db.execute("SELECT * FROM pending WHERE id=?", (p["id"],)).fetchone()
-                if r is None:
-                    raise NotFound(f"pending version {did!r} of {artifact} was discarded")
-                if r["finished"] is not None:
-                    raise self._finished_error(r)
-                if r["gen"] != p["gen"]:
-                    raise _Moved()
-                db.execute("UPDATE pending SET finished=? WHERE id=?", (num, p["id"]))
-                # the rows are in the version now; the pending row stays as the lock
-                db.execute("DELETE FROM pending_rows WHERE pending_id=?", (p["id"],))
-
-            try:
-                return self.commit_version(artifact, p["type"], root, ident, p["parent"],
-                                           "parent" if p["parent"] is not None else "latest", after=mark,
-                                           file_count=nfiles, total_bytes=nbytes, how="collaborative", **commit_kw)
-            except _Moved:
-                continue
+            num, unchanged = self._commit_version_in(
+                db, artifact, p["type"], root, ident, p["parent"], "parent" if p["parent"] is not None else "latest",
+                message, metadata, nfiles, nbytes, "collaborative")
+            db.execute("UPDATE pending SET finished=? WHERE id=?", (num, p["id"]))
+            # the rows are in the version now; the pending row stays as the lock
+            db.execute("DELETE FROM pending_rows WHERE pending_id=?", (p["id"],))
+        return num, unchanged
 
     def discard_pending(self, artifact: str, did: str) -> bool:
         with self.tx() as db:
@@ -172,6 +162,3 @@ class PendingMeta:
             db.execute("DELETE FROM pending WHERE id=?", (p["id"],))
             return True
 
-
-class _Moved(Exception):
-    """An upsert landed between building and sealing: build again."""

@@ -64,16 +64,19 @@ def mount(store, ref_text: str, mnt: str, foreground=False, allow_other=False, d
                             stderr=open(os.path.join(store.log_dir(), "daemon-stderr.log"), "ab"),
                             start_new_session=True)
     os.close(w)
-    msg = _read_ready(r, proc)
+    msg = read_ready(r, lambda: f"mount daemon exited with status {proc.wait()} (see the store's logs/)")
     if msg != "ok":
         if proc.poll() is None:
             proc.terminate()
         raise ArtfsError(msg[len("error: "):] if msg.startswith("error: ") else msg)
 
 
-def _read_ready(r: int, proc) -> str:
+def read_ready(r: int, on_eof, timeout: float = READY_TIMEOUT) -> str:
+    """The daemon's first line on the ready pipe ('ok' or 'error: ...'); closes the pipe.
+
+    ``on_eof()`` describes a daemon that closed the pipe without a word."""
     buf = b""
-    deadline = time.monotonic() + READY_TIMEOUT
+    deadline = time.monotonic() + timeout
     os.set_blocking(r, False)
     try:
         while time.monotonic() < deadline:
@@ -86,8 +89,8 @@ def _read_ready(r: int, proc) -> str:
                 if b"\n" in buf:
                     return buf.split(b"\n", 1)[0].decode()
             elif chunk == b"":
-                return buf.decode().strip() or f"mount daemon exited with status {proc.wait()} (see the store's logs/)"
-            time.sleep(0.01)
+                return buf.decode().strip() or on_eof()
+            time.sleep(0.005)
         return "mount daemon did not become ready in time"
     finally:
         os.close(r)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from .. import repo, runs
 from ..errors import ArtfsError, BadInput
 from ..refs import check_artifact_name, parse_ref
+from .cli_mount import read_ready
 
 
 @dataclass
@@ -102,28 +103,6 @@ def _fork_mount(store_path: str, b: Binding, group: str | None, log_path: str) -
     return pid, r
 
 
-def _wait_ready(pid: int, r: int, timeout: float = 60.0) -> str:
-    buf = b""
-    deadline = time.monotonic() + timeout
-    os.set_blocking(r, False)
-    try:
-        while time.monotonic() < deadline:
-            try:
-                chunk = os.read(r, 4096)
-            except BlockingIOError:
-                chunk = None
-            if chunk:
-                buf += chunk
-                if b"\n" in buf:
-                    return buf.split(b"\n", 1)[0].decode()
-            elif chunk == b"":
-                return buf.decode().strip() or "mount daemon exited"
-            time.sleep(0.005)
-        return "mount daemon did not become ready in time"
-    finally:
-        os.close(r)
-
-
 def _unmount(b: Binding) -> None:
     if os.path.ismount(b.dir):
         if subprocess.run(["fusermount3", "-u", b.dir], capture_output=True).returncode != 0:
@@ -193,7 +172,7 @@ def run(store, ins: list[str], outs: list[str], cmd: list[str], group: str | Non
         errors = []
         for b, pid, r in started:
             b.pid = pid
-            msg = _wait_ready(pid, r)
+            msg = read_ready(r, lambda: "mount daemon exited")
             if msg != "ok":
                 errors.append(f"{b.ref} at {b.dir}: {msg.removeprefix('error: ')}")
         if errors:
