@@ -33,10 +33,10 @@ from .vfs import VersionView, VersionVFS
 log = logging.getLogger("artfs.fuse")
 
 
-def build_ops(store: Store, ref_text: str, distributed_id: str | None = None) -> Operations:
+def build_ops(store: Store, ref_text: str, distributed_id: str | None = None, draft_key: str | None = None) -> Operations:
     ref = parse_ref(ref_text)
     if ref.draft:
-        view = repo.open_draft(store, ref.name)
+        view = repo.open_draft(store, ref.name, key=draft_key)
         _lock_draft(view)
         vfs = DraftVFS(view)
         collab = None
@@ -104,13 +104,14 @@ def setup_logging(store: Store, foreground: bool, debug: bool) -> str:
 
 
 def serve(store_path: str, ref_text: str, mountpoint: str, *, foreground: bool = True, allow_other: bool = False,
-          debug: bool = False, distributed_id: str | None = None, ready=None) -> int:
+          debug: bool = False, distributed_id: str | None = None, ready=None,
+          draft_key: str | None = None) -> int:
     """Mount and serve until unmounted or signalled.  ``ready(msg)`` is told 'ok' or 'error: ...'."""
     ready = ready or (lambda msg: None)
     try:
         store = Store.open(store_path)
         setup_logging(store, foreground, debug)
-        ops = build_ops(store, ref_text, distributed_id)
+        ops = build_ops(store, ref_text, distributed_id, draft_key)
         pyfuse3.init(ops, mountpoint, fuse_options(ops, ref_text, allow_other, debug))
     except ArtfsError as exc:
         ready(f"error: {exc}")

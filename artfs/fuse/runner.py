@@ -72,7 +72,7 @@ def parse_bindings(store, ins: list[str], outs: list[str]) -> list[Binding]:
     return out
 
 
-def _fork_mount(store_path: str, b: Binding, group: str | None, log_path: str) -> tuple[int, int]:
+def _fork_mount(store_path: str, b: Binding, group: str | None, run_id: str, log_path: str) -> tuple[int, int]:
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the daemon
@@ -94,7 +94,11 @@ def _fork_mount(store_path: str, b: Binding, group: str | None, log_path: str) -
                 except OSError:
                     pass
 
+            # With a group, each run is its own writer of the collaborative version, so its
+            # outputs get a draft of their own: parallel runs of one group do not collide.
+            key = f"run:{run_id}:{b.name}" if b.output and group else None
             code = serve(store_path, b.ref, b.dir, foreground=False, distributed_id=group if b.output else None,
+                         draft_key=key,
                          ready=ready)
         except BaseException:
             code = 1
@@ -168,7 +172,7 @@ def run(store, ins: list[str], outs: list[str], cmd: list[str], group: str | Non
             if not os.path.exists(b.dir):
                 os.makedirs(b.dir)
                 b.created = True
-        started = [(b, *_fork_mount(store.path, b, group, log_path)) for b in bindings]
+        started = [(b, *_fork_mount(store.path, b, group, run_id, log_path)) for b in bindings]
         errors = []
         for b, pid, r in started:
             b.pid = pid
@@ -207,8 +211,9 @@ def run(store, ins: list[str], outs: list[str], cmd: list[str], group: str | Non
                 if b.output:
                     echo(_commit_output(store, run_id, b, group, message))
         else:
-            echo(f"artfs: command exited with status {rc}; nothing committed (the drafts keep what it wrote)",
-                 err=True)
+            kept = (f"this run's drafts ({', '.join(f'run:{run_id}:{b.name}' for b in bindings if b.output)}) keep"
+                    if group else "the drafts keep")
+            echo(f"artfs: command exited with status {rc}; nothing committed ({kept} what it wrote)", err=True)
     except KeyboardInterrupt:
         rc, outcome = 128 + (interrupted[0] if interrupted else signal.SIGINT), "killed"
     except ArtfsError as exc:
@@ -218,6 +223,10 @@ def run(store, ins: list[str], outs: list[str], cmd: list[str], group: str | Non
         phase[0] = "ending"
         for b in bindings:
             _unmount(b)
+        if group and outcome == "finished":
+            for b in bindings:
+                if b.output:
+                    _discard_run_draft(store, run_id, b.name)  # its changes are in the pending version now
         store.meta.run_end(run_id, outcome, rc)
         for s, h in old.items():
             signal.signal(s, h)
@@ -236,3 +245,11 @@ def _commit_output(store, run_id: str, b: Binding, group: str | None, message: s
     v = repo.resolve(store, ref)
     store.meta.run_produced(run_id, v.artifact, v.num, "committed", v.created)
     return out
+
+
+def _discard_run_draft(store, run_id: str, name: str) -> None:
+    from ..draft import Draft
+
+    row = store.meta.draft(f"run:{run_id}:{name}")
+    if row is not None:
+        Draft(store, row).discard()
