@@ -143,8 +143,9 @@ class DraftVFS(BaseVFS):
         e = e or self.entry(n)
         size = mtime = None
         if e.scratch is not None:  # a changed file: its scratch file has the true size and mtime
-            try:
-                st = os.stat(self.draft.scratch_path(e.scratch))
+            fd = self._scratch_fd(n)
+            try:  # an open descriptor also serves a file that was unlinked while open
+                st = os.fstat(fd) if fd is not None else os.stat(self.draft.scratch_path(e.scratch))
                 size, mtime = st.st_size, st.st_mtime_ns
             except FileNotFoundError:
                 pass
@@ -326,7 +327,8 @@ class DraftVFS(BaseVFS):
                         self.corrupt.add(hexd)
                         raise Corrupt(f"object {hexd} is corrupt")
                     self.verified.add(hexd)
-                os.utime(dfd, ns=(e.mtime_ns, e.mtime_ns))
+            if not truncate:
+                os.utime(dfd, ns=(e.mtime_ns, e.mtime_ns))  # opening is not writing: keep the mtime
         finally:
             os.close(dfd)
         return sname
@@ -386,9 +388,19 @@ class DraftVFS(BaseVFS):
         if not n.handles and n.lookups <= 0 and n.ino in self.nodes:
             self._drop(n)
 
+    @staticmethod
+    def _scratch_fd(n: Node) -> int | None:
+        for h in n.handles:
+            if h.on_scratch:
+                return h.fd
+        return None
+
     def truncate_blocking(self, n: Node, size: int) -> None:
-        e = self.entry(n)
-        os.truncate(self.draft.scratch_path(e.scratch), size)
+        fd = self._scratch_fd(n)
+        if fd is not None:
+            os.ftruncate(fd, size)  # works for an open-unlinked file too
+        else:
+            os.truncate(self.draft.scratch_path(self.entry(n).scratch), size)
 
     def after_commit(self) -> None:
         """The draft is clean on a new parent: move handles from scratch files back to objects."""

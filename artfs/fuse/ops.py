@@ -317,8 +317,6 @@ class Operations(pyfuse3.Operations):
                 await self._copy_up(n, truncate=attr.st_size == 0)
                 await trio.to_thread.run_sync(vfs.truncate_blocking, n, attr.st_size)
             mtime = attr.st_mtime_ns if fields.update_mtime else None
-            if fields.update_size and mtime is None:
-                mtime = None  # the scratch file's own mtime moved with the truncate
             vfs.setattr(
                 inode,
                 mode=attr.st_mode if fields.update_mode else None,
@@ -354,8 +352,11 @@ class Operations(pyfuse3.Operations):
         if writable:
             async with self.mutation():
                 n = vfs.node(inode)
-                await self._copy_up(n, truncate=bool(flags & os.O_TRUNC))
+                truncate = bool(flags & os.O_TRUNC)
+                await self._copy_up(n, truncate=truncate)
                 h = vfs.open(inode, True)
+                if truncate:  # a file already changed in the draft was not copied up again
+                    await trio.to_thread.run_sync(vfs.truncate_blocking, n, 0)
         else:
             h = vfs.open(inode, False)
             try:
