@@ -507,7 +507,8 @@ class Operations(pyfuse3.Operations):
         return len(buf)
 
     async def exclusive(self, fn, *args):
-        """Run fn(*args) in a worker thread with every mutation held back."""
+        """Run fn(*args) in a worker thread with every mutation held back.  The caller may
+        update in-memory state right after it returns, before its next await, still alone."""
         async with self.commit_lock:
             await self.gate.close()
             try:
@@ -519,13 +520,9 @@ class Operations(pyfuse3.Operations):
         if self.collab is not None:
             return await self.collab.upsert(self, message)
         d = self.vfs.draft
-        async with self.commit_lock:
-            await self.gate.close()
-            try:
-                num, unchanged, adopted = await trio.to_thread.run_sync(d.commit_durable, message)
-                d.commit_finish(adopted)
-                self.vfs.after_commit()
-            finally:
-                self.gate.open()
+        num, unchanged, adopted = await self.exclusive(d.commit_durable, message)
+        # no checkpoint between the gate opening and these two: no mutation can come in between
+        d.commit_finish(adopted)
+        self.vfs.after_commit()
         log.info("committed %s:v%d%s", d.artifact, num, " (unchanged)" if unchanged else "")
         return d.outcome
