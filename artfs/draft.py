@@ -150,6 +150,8 @@ class Draft:
         self.type: str = row["type"]
         self.created = row["created"]
         self.scratch_dir = store.draft_dir(self.id)
+        self._root = DEntry(DIR, 0o755, os.getuid(), os.getgid(), 0, int(self.created * 1e9), dir_id=0)
+        self.touch_parents = False  # a mount sets it: a change moves its directory's mtime (same transaction)
         self._load(row)
         self._digest_cache: dict[str, tuple] = {}  # scratch -> (size, mtime_ns, digest)
 
@@ -214,7 +216,7 @@ class Draft:
 
     # -- reading ---------------------------------------------------------------
     def root(self) -> DEntry:
-        return DEntry(DIR, 0o755, os.getuid(), os.getgid(), 0, int(self.created * 1e9), dir_id=0)
+        return self._root  # the root's own metadata is not versioned
 
     def _get(self, d: DEntry, name: bytes) -> DEntry | None:
         if d.dir_id is not None:
@@ -333,6 +335,17 @@ class Draft:
             self.bases.pop(e.dir_id, None)
             ops.append(("deldir", e.dir_id))
 
+    def _touch(self, dirs, ops: list) -> None:
+        """With ``touch_parents``: the directories at ``dirs`` get mtime now, in the same ops."""
+        if not self.touch_parents:
+            return
+        now = time.time_ns()
+        for path in dirs:
+            if path:  # the root's metadata is not versioned
+                gp = self._dir(path[:-1], ops)
+                e = self._get(DEntry(DIR, 0, dir_id=gp), path[-1])
+                self._set(gp, path[-1], e.copy(mtime_ns=now), ops)
+
     @staticmethod
     def _split(path: Path) -> tuple[Path, bytes]:
         if not path:
@@ -347,11 +360,12 @@ class Draft:
         parent, name = self._split(path)
         ops: list = []
         dir_id = self._dir(parent, ops)
-        old = self._get(self.root() if dir_id == 0 else DEntry(DIR, 0, dir_id=dir_id), name)
+        old = self._get(DEntry(DIR, 0, dir_id=dir_id), name)
         if old is not None and old.kind == DIR and not replace_dir:
             raise IsADirectory(f"is a directory: {treefmt.join_path(path)}")
         self._forget_subtree(old, ops, keep_scratch=e.scratch)
         self._set(dir_id, name, e, ops)
+        self._touch([parent], ops)
         self._apply(ops)
         return e
 
@@ -385,6 +399,7 @@ class Draft:
         e = DEntry(DIR, mode & 0o7777, os.getuid() if uid is None else uid, os.getgid() if gid is None else gid,
                    0, time.time_ns() if mtime_ns is None else mtime_ns, dir_id=nid)
         self._set(dir_id, name, e, ops)
+        self._touch([parent], ops)
         self._apply(ops)
         return e
 
@@ -407,6 +422,7 @@ class Draft:
         dir_id = self._dir(parent, ops)
         self._forget_subtree(e, ops)
         self._set(dir_id, name, None, ops)
+        self._touch([parent], ops)
         self._apply(ops)
         return e
 
@@ -437,6 +453,7 @@ class Draft:
         self._forget_subtree(old_target, ops, keep_scratch=e.scratch)
         self._set(odir, oname, None, ops)
         self._set(ndir, nname, e, ops)
+        self._touch([op] if op == np_ else [op, np_], ops)
         self._apply(ops)
 
     # -- adding content from outside (API, put --patch) ------------------------------

@@ -50,6 +50,7 @@ class DraftVFS(BaseVFS):
         super().__init__(draft.store)
         self.view = draft
         self.draft = draft
+        draft.touch_parents = True
         self.nodes: dict[int, Node] = {}
         self.next_ino = FIRST_INO
         root = Node(ROOT_INO, None, b"")
@@ -166,12 +167,9 @@ class DraftVFS(BaseVFS):
         return self.path(parent) + (name,)
 
     def _touch_dir(self, parent_ino: int) -> None:
-        """A directory's mtime/ctime move when its entries change."""
-        parent = self.node(parent_ino)
-        now = time.time_ns()
-        parent.ctime_ns = now
-        if parent.ino != ROOT_INO:
-            self.draft.update(self.path(parent), mtime_ns=now)
+        """A directory's ctime moves when its entries change (its mtime moved in the draft's
+        own transaction: ``touch_parents``)."""
+        self.node(parent_ino).ctime_ns = time.time_ns()
 
     def create(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int) -> tuple[Node, DEntry, str]:
         """A new empty file backed by a new scratch file; returns its scratch path too."""
