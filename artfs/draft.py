@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 import msgpack
 
 from . import treefmt
-from .errors import BadInput, Conflict, NotFound
+from .errors import BadInput, Conflict, Corrupt, NotFound
 from .objects import copy_fd
 from .treefmt import DIR, FILE, REF, SYMLINK, Entry
 
@@ -115,23 +115,31 @@ class DEntry:
 
     @classmethod
     def decode(cls, data: bytes) -> "DEntry | None":
-        row = msgpack.unpackb(data, raw=False)
-        if row == [0]:
-            return None
-        kind, mode, uid, gid, size, mtime, tag, *rest = row
-        e = cls(kind, mode, uid, gid, size, mtime)
-        if tag == "s":
-            e.scratch = rest[0]
-        elif tag == "h":
-            e.digest = rest[0]
-        elif tag == "d":
-            e.dir_id = rest[0]
-        elif tag == "t":
-            e.tree, e.ident, e.nfiles = rest
-        elif tag == "l":
-            e.target = rest[0]
-        elif tag == "r":
-            e.digest, e.uri = rest
+        """A draft record (None for a whiteout); a damaged record is Corrupt, never a crash."""
+        try:
+            row = msgpack.unpackb(data, raw=False)
+            if row == [0]:
+                return None
+            kind, mode, uid, gid, size, mtime, tag, *rest = row
+            e = cls(kind, mode, uid, gid, size, mtime)
+            if tag == "s":
+                (e.scratch,) = rest
+            elif tag == "h":
+                (e.digest,) = rest
+            elif tag == "d":
+                (e.dir_id,) = rest
+            elif tag == "t":
+                e.tree, e.ident, e.nfiles = rest
+            elif tag == "l":
+                (e.target,) = rest
+            elif tag == "r":
+                e.digest, e.uri = rest
+            else:
+                raise ValueError(f"unknown tag {tag!r}")
+            if kind not in treefmt.KINDS or (kind == DIR) != (tag in ("d", "t")):
+                raise ValueError(f"kind {kind!r} with tag {tag!r}")
+        except Exception as exc:  # msgpack and unpacking raise many types for damaged bytes
+            raise Corrupt(f"damaged draft record: {type(exc).__name__}: {exc}") from None
         return e
 
 

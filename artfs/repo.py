@@ -427,7 +427,7 @@ def delete_alias(store: Store, text: str) -> None:
 
 # -- fsck and gc ---------------------------------------------------------------------------
 
-def _draft_roots(store: Store):
+def _draft_roots(store: Store, problems: list | None = None):
     """Digests (trees, blobs) that drafts and pending collaborative versions reference, labelled."""
     from .draft import DEntry
 
@@ -438,7 +438,13 @@ def _draft_roots(store: Store):
             trees.append((bytes.fromhex(base), f"draft {did}"))
     labelled = [(f"draft {did}", rec) for did, rec in recs] + store.meta.all_pending_recs()
     for label, rec in labelled:
-        e = DEntry.decode(rec)
+        try:
+            e = DEntry.decode(rec)
+        except Corrupt as exc:
+            if problems is None:
+                raise  # gc must not sweep what a damaged record might have named
+            problems.append(f"{exc} ({label})")
+            continue
         if e is None:
             continue
         if e.kind == DIR and e.tree is not None:
@@ -453,7 +459,7 @@ def mark(store: Store, problems: list | None = None, progress=None) -> dict[str,
     seen: dict[str, str] = {}
     roots = [(treefmt.EMPTY_TREE_DIGEST, "the store (empty tree)")]  # Store.init writes it; it stays
     roots += [(bytes.fromhex(r["root"]), f"{r['artifact']}:v{r['num']}") for r in store.meta.all_versions()]
-    draft_trees, draft_blobs = _draft_roots(store)
+    draft_trees, draft_blobs = _draft_roots(store, problems)
     roots += draft_trees
 
     def visit_tree(digest: bytes, label: str, path: tuple):
@@ -509,7 +515,10 @@ def fsck(store: Store, progress=None) -> list[str]:
     for d in store.meta.drafts():
         from .draft import Draft
 
-        dr = Draft(store, d)
+        try:
+            dr = Draft(store, d)
+        except Corrupt:
+            continue  # already named by mark()
         scratch = []
         dr._scratch_entries(0, scratch)
         for e in scratch:

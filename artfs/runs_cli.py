@@ -86,10 +86,16 @@ def register(group) -> None:
 
         s = env.store()
         check_artifact_name(name)
-        d = use_artifact(f"{name}:latest", store=s).new_draft()
+        from .errors import NotFound
+
+        latest = use_artifact(f"{name}:latest", store=s)
+        d = latest.new_draft()
         try:
             for p in paths:
-                d.remove(p)
+                try:
+                    d.remove(p)
+                except NotFound:
+                    raise NotFound(f"no {p} in {latest.ref}") from None
             v = d.save(message)
         finally:
             d.discard()

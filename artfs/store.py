@@ -60,7 +60,8 @@ class Store:
         for d in ("drafts", "logs"):
             os.makedirs(os.path.join(path, d), mode=0o700, exist_ok=True)
         s.meta.create()
-        s.objects.put_bytes(treefmt.EMPTY_TREE)
+        with s.writing():  # gc's rule holds for this object too
+            s.objects.put_bytes(treefmt.EMPTY_TREE)
         marker = os.path.join(path, MARKER)
         if not os.path.exists(marker):
             with open(marker, "w") as f:

@@ -656,3 +656,22 @@ def test_big_file_copy_falls_back_midway_without_corruption(store, tmp_path, mon
     assert len(calls) >= 2
     assert repo.lookup(store, v, "big").digest.hex() == b3(data)
     assert read(store, v, "big") == data
+
+
+def test_damaged_draft_record_is_named_not_a_crash(store, tmp_path):
+    """A damaged draft row: fsck names it, gc refuses to sweep (it might name live objects)."""
+    import artfs
+    from artfs.errors import Corrupt
+
+    f = tmp_path / "f"
+    f.write_bytes(b"x")
+    a = artfs.Artifact("dmg", store=store)
+    a.add_file(str(f))
+    good = store.meta.db.execute("SELECT rec FROM draft_entries").fetchone()[0]
+    store.meta.db.execute("UPDATE draft_entries SET rec=x'c1ff'")
+    problems = repo.fsck(store)
+    assert len(problems) == 1 and "damaged draft record" in problems[0]
+    with pytest.raises(Corrupt):
+        repo.gc(store)
+    store.meta.db.execute("UPDATE draft_entries SET rec=?", (good,))  # the fixture's fsck must pass
+    assert repo.fsck(store) == []
