@@ -352,6 +352,7 @@ class DraftVFS(BaseVFS):
             h.fd = os.open(self.draft.scratch_path(e.scratch), os.O_RDWR if h.writable else os.O_RDONLY)
             h.on_scratch = True
             h.expect = None
+            h.data = None
             if old >= 0:
                 os.close(old)
         else:
