@@ -321,19 +321,22 @@ def finish(env: Env, name: str, src: str | None, distributed_id: str | None, mes
 
 
 @cli.command()
-@click.argument("ref", metavar="NAME:draft | NAME")
+@click.argument("ref", metavar="NAME:draft | DRAFT | NAME")
 @click.option("--pending", "did", metavar="ID", help="The pending collaborative version of NAME to drop.")
 @pass_env
 def discard(env: Env, ref: str, did: str | None):
-    """Drop NAME:draft (its changes are lost), or a pending collaborative version."""
+    """Drop a draft (NAME:draft, or one `artfs drafts` lists), or a pending collaborative version."""
     from .refs import parse_ref
 
     s = env.store()
     if did is None:
+        if ref.startswith(("api:", "run:")):  # drafts of API programs and of group runs, by key
+            click.echo(repo.discard_draft(s, ref))
+            return
         r = parse_ref(ref)
         if not r.draft:
-            raise BadInput(f"expected NAME:draft, or NAME --pending ID; got {ref!r}")
-        click.echo(repo.discard_draft(s, r.name))
+            raise BadInput(f"expected NAME:draft, a draft `artfs drafts` lists, or NAME --pending ID; got {ref!r}")
+        click.echo(repo.discard_draft(s, f"draft:{r.name}"))
         return
     name = ref
     check_artifact_name(name)
@@ -344,6 +347,21 @@ def discard(env: Env, ref: str, did: str | None):
         raise BadInput(f"{did!r} was already finished as {name}:v{p['finished']}")
     s.meta.discard_pending(name, did)
     click.echo(f"discarded pending {did} of {name}")
+
+
+@cli.command("drafts")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_env
+def drafts_cmd(env: Env, as_json: bool):
+    """Every draft in the store, with its parent and number of changes."""
+    rows = repo.drafts(env.store())
+    if as_json:
+        _echo_json(rows)
+        return
+    for r in rows:
+        mounted = "  (mounted)" if r["mounted"] else ""
+        click.echo(f"{r['draft']}  from {r['parent'] or 'nothing'}  {r['changes']} change"
+                   f"{'s' if r['changes'] != 1 else ''}  {_when(r['created'])}{mounted}")
 
 
 def _pending_lines(s: Store, name: str) -> list[str]:

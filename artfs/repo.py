@@ -124,27 +124,49 @@ def open_draft(store: Store, name: str, key: str | None = None, type_: str | Non
     return Draft.open(store, key, name, t, parent.num if parent else None, parent.root.hex() if parent else None)
 
 
-def discard_draft(store: Store, name: str) -> str:
-    """Drop the artifact's mountable draft (refused while it is mounted); says what happened."""
+def draft_label(key: str) -> str:
+    """How a user names a draft: NAME:draft for an artifact's mountable one, else its key."""
+    return f"{key[len('draft:'):]}:draft" if key.startswith("draft:") else key
+
+
+def _draft_mounted(d: Draft) -> bool:
     import fcntl
 
-    check_artifact_name(name)
-    row = store.meta.draft(f"draft:{name}")
-    if row is None:
-        return f"{name} has no draft"
-    d = Draft(store, row)
     lock = os.path.join(d.scratch_dir, ".mounted")
-    if os.path.exists(lock):
-        fd = os.open(lock, os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BadInput(f"{name}:draft is mounted; unmount it first") from None
-        finally:
-            os.close(fd)
+    if not os.path.exists(lock):
+        return False
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def drafts(store: Store) -> list[dict]:
+    """Every draft in the store: mountable ones, API drafts left by programs, run outputs."""
+    out = []
+    for row in store.meta.drafts():
+        d = Draft(store, row)
+        out.append({"draft": draft_label(row["key"]), "key": row["key"], "artifact": row["artifact"],
+                    "parent": f"{row['artifact']}:v{row['parent']}" if row["parent"] is not None else None,
+                    "created": row["created"], "changes": len(d.status()), "mounted": _draft_mounted(d)})
+    return out
+
+
+def discard_draft(store: Store, key: str) -> str:
+    """Drop a draft by key (refused while it is mounted); says what happened."""
+    row = store.meta.draft(key)
+    if row is None:
+        return f"no draft {draft_label(key)}"
+    d = Draft(store, row)
+    if _draft_mounted(d):
+        raise BadInput(f"{draft_label(key)} is mounted; unmount it first")
     n = len(d.status())
     d.discard()
-    return f"discarded {name}:draft ({n} change{'s' if n != 1 else ''})"
+    return f"discarded {draft_label(key)} ({n} change{'s' if n != 1 else ''})"
 
 
 # -- walking versions ---------------------------------------------------------------

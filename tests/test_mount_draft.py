@@ -209,5 +209,9 @@ def test_draft_persists_across_remount_and_refuses_hardlinks(mstore, tmp_path):
         assert open(m.path("kept.txt")).read() == "kept"
         assert open(m.path("big"), "rb").read() == big
         assert m.status() == ["A big", "A kept.txt", "D run.sh"]
+        listed = {r["draft"]: r for r in __import__("json").loads(artfs(mstore, "drafts", "--json").stdout)}
+        assert listed["ds:draft"]["mounted"] and listed["ds:draft"]["changes"] == 3
+        refused = artfs(mstore, "discard", "ds:draft", check=False)
+        assert refused.returncode == 2 and "is mounted" in refused.stderr
         os.statvfs(m.mnt)
         assert m.commit() == "ds:v1"

@@ -675,3 +675,21 @@ def test_damaged_draft_record_is_named_not_a_crash(store, tmp_path):
         repo.gc(store)
     store.meta.db.execute("UPDATE draft_entries SET rec=?", (good,))  # the fixture's fsck must pass
     assert repo.fsck(store) == []
+
+
+def test_drafts_are_listed_and_discarded_by_key(store, tmp_path):
+    """Drafts a crashed program left behind can be found and dropped (and their objects then collected)."""
+    import artfs
+
+    f = tmp_path / "f"
+    f.write_bytes(b"left behind")
+    a = artfs.Artifact("lost", store=store)
+    a.add_file(str(f))
+    key = a.draft.key
+    rows = {r["key"]: r for r in repo.drafts(store)}
+    assert rows[key]["changes"] == 1 and rows[key]["parent"] is None and not rows[key]["mounted"]
+    assert repo.discard_draft(store, key) == f"discarded {key} (1 change)"
+    assert repo.drafts(store) == []
+    assert repo.discard_draft(store, key) == f"no draft {key}"
+    removed, _ = repo.gc(store)
+    assert removed >= 1  # the file's object was only the draft's
