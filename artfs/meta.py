@@ -72,12 +72,28 @@ class SqliteMeta(PendingMeta, RunsMeta):
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode=WAL")
+            self._wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
             self._local.pid = os.getpid()
         return conn
+
+    @staticmethod
+    def _wal(conn: sqlite3.Connection) -> None:
+        """Switch to WAL once per database (it persists in the file).  The switch needs an
+        exclusive lock and SQLite does not wait for it with the busy handler, so processes
+        creating one store together retry here instead of failing with "database is locked"."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
