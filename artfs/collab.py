@@ -28,7 +28,7 @@ from . import treefmt
 from .diff import diff_items, tree_children
 from .draft import WHITEOUT_REC, DEntry, Draft
 from .errors import BadInput
-from .treefmt import DIR, FILE, REF, Entry
+from .treefmt import DIR, Entry
 
 
 def distributed_id(did: str | None) -> str:
@@ -133,12 +133,8 @@ def apply_rows(store, base_root: bytes | None, rows) -> Entry:
                 continue  # removals under something that is not there
             entries[first] = build(cur.digest if cur is not None and cur.kind == DIR else None, sub, first,
                                    cur if cur is not None and cur.kind == DIR else None)
-        ents = list(entries.values())
-        tree, ident = store.write_tree(ents)
-        nfiles = sum(x.nfiles if x.kind == DIR else (1 if x.kind in (FILE, REF) else 0) for x in ents)
-        nbytes = sum(x.size for x in ents if x.kind in (DIR, FILE, REF))
         mode, uid, gid, mtime = (meta.mode, meta.uid, meta.gid, meta.mtime_ns) if meta else (0o755, os.getuid(), os.getgid(), now)
-        return Entry(name, DIR, mode, uid, gid, nbytes, mtime, digest=tree, ident=ident, nfiles=nfiles)
+        return store.write_dir(name, entries.values(), mode, uid, gid, mtime)
 
     return build(base_root, changes, b"", None)
 

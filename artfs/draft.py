@@ -528,11 +528,7 @@ class Draft:
                     entries.pop(n, None)
                 else:
                     entries[n] = to_entry(n, e)
-            ents = list(entries.values())
-            tree, ident = self.store.write_tree(ents)
-            nfiles = sum(x.nfiles if x.kind == DIR else (1 if x.kind in (FILE, REF) else 0) for x in ents)
-            nbytes = sum(x.size for x in ents if x.kind in (DIR, FILE, REF))
-            return Entry(name, DIR, de.mode, de.uid, de.gid, nbytes, de.mtime_ns, digest=tree, ident=ident, nfiles=nfiles)
+            return self.store.write_dir(name, entries.values(), de.mode, de.uid, de.gid, de.mtime_ns)
 
         root = build_dir(0, b"", self.root())
         return root, done

@@ -356,9 +356,9 @@ def build_tree_from_dir(store: Store, src: str, progress=None, cache_before: flo
             dirs[p[:-1]].append(Entry(p[-1], FILE, mode, st.st_uid, st.st_gid, size, st.st_mtime_ns, digest=d))
     for p, st in reversed(order):  # deepest first
         ents = dirs.pop(p)
-        dirs[p[:-1]].append(_dir_entry(store, p[-1], ents, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns))
+        dirs[p[:-1]].append(store.write_dir(p[-1], ents, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns))
     st = os.stat(src)
-    root = _dir_entry(store, b"", dirs[()], stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns)
+    root = store.write_dir(b"", dirs[()], stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns)
     if cache_rows is not None and cache_before is not None:
         fresh = set(todo)  # files already in the cache need no new row
         for p, st, full in files:
@@ -366,13 +366,6 @@ def build_tree_from_dir(store: Store, src: str, progress=None, cache_before: flo
                 cache_rows.append((full, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
                                    digests[full][0].hex()))
     return root
-
-
-def _dir_entry(store: Store, name: bytes, ents: list[Entry], mode, uid, gid, mtime_ns) -> Entry:
-    tree, ident = store.write_tree(ents)
-    nfiles = sum(x.nfiles if x.kind == DIR else (1 if x.kind in (FILE, REF) else 0) for x in ents)
-    nbytes = sum(x.size for x in ents if x.kind in (DIR, FILE, REF))
-    return Entry(name, DIR, mode, uid, gid, nbytes, mtime_ns, digest=tree, ident=ident, nfiles=nfiles)
 
 
 # -- export ------------------------------------------------------------------------------
@@ -534,18 +527,16 @@ def fsck(store: Store, progress=None) -> list[str]:
         for hexd, ok in pool.map(check, sorted(present)):
             if not ok:
                 problems.append(f"corrupt object {hexd} (used by {used.get(hexd, 'nothing: garbage')})")
-    for d in store.meta.drafts():
-        from .draft import Draft
-
+    for row in store.meta.drafts():
         try:
-            dr = Draft(store, d)
+            dr = Draft(store, row)
         except Corrupt:
             continue  # already named by mark()
         scratch = []
         dr._scratch_entries(0, scratch)
         for e in scratch:
             if not os.path.exists(dr.scratch_path(e.scratch)):
-                problems.append(f"missing scratch file {e.scratch} of draft {d['key']}")
+                problems.append(f"missing scratch file {e.scratch} of draft {row['key']}")
     return problems
 
 

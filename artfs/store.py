@@ -117,6 +117,17 @@ class Store:
         hexd = self.objects.put_bytes(data)
         return bytes.fromhex(hexd), treefmt.tree_identity(entries)
 
+    def write_dir(self, name: bytes, entries, mode: int, uid: int, gid: int, mtime_ns: int) -> treefmt.Entry:
+        """Store a directory; returns its DIR entry, with the file count and byte total of
+        everything below (so a version's counts follow from its root)."""
+        ents = list(entries)
+        tree, ident = self.write_tree(ents)
+        counted = (treefmt.FILE, treefmt.REF)
+        nfiles = sum(x.nfiles if x.kind == treefmt.DIR else int(x.kind in counted) for x in ents)
+        nbytes = sum(x.size for x in ents if x.kind == treefmt.DIR or x.kind in counted)
+        return treefmt.Entry(name, treefmt.DIR, mode, uid, gid, nbytes, mtime_ns, digest=tree, ident=ident,
+                             nfiles=nfiles)
+
     # -- paths ---------------------------------------------------------------
     def draft_dir(self, draft_id: int) -> str:
         return os.path.join(self.path, "drafts", str(draft_id))

@@ -358,20 +358,8 @@ class DraftVFS(BaseVFS):
         else:
             self._open_stored(h, e)
 
-    def open(self, ino: int, writable: bool) -> Handle:
-        """Open a file; a writable open of an unchanged file must be copied up first (ops.py)."""
-        n = self.node(ino)
-        e = self.entry(n)
-        if e.kind == DIR:
-            raise IsADirectory("is a directory")
-        h = self._new_handle(n, writable)
-        try:
-            self._open_backing(h, e)
-        except BaseException:
-            self.handles.pop(h.fh, None)
-            raise
+    def _opened(self, n: Node, h: Handle) -> None:
         n.handles.add(h)
-        return h
 
     def write(self, h: Handle, off: int, buf: bytes) -> int:
         if not h.on_scratch:

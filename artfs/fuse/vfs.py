@@ -163,6 +163,24 @@ class BaseVFS:
             raise Corrupt(f"object {h.expect} is corrupt")
         return os.pread(h.fd, size, off)
 
+    def open(self, ino: int, writable: bool) -> Handle:
+        """Open a file on its current backing (a draft copies up before a writable open: ops.py)."""
+        n = self.node(ino)
+        e = self.entry(n)
+        if e.kind == DIR:
+            raise IsADirectory("is a directory")
+        h = self._new_handle(n, writable)
+        try:
+            self._open_backing(h, e)
+        except BaseException:
+            self.handles.pop(h.fh, None)
+            raise
+        self._opened(n, h)
+        return h
+
+    def _opened(self, n, h: Handle) -> None:
+        """A model that tracks a node's handles records the new one here."""
+
     def _close_handle(self, fh: int) -> Handle | None:
         h = self.handles.pop(fh, None)
         if h is not None and h.fd >= 0:
@@ -300,17 +318,10 @@ class VersionVFS(BaseVFS):
     def open(self, ino: int, writable: bool) -> Handle:
         if writable:
             raise ReadOnly("read-only file system")
-        n = self.node(ino)
-        e = self.entry(n)
-        if e.kind == DIR:
-            raise IsADirectory("is a directory")
-        h = self._new_handle(n, False)
-        try:
-            self._open_stored(h, e)
-        except BaseException:
-            self.handles.pop(h.fh, None)
-            raise
-        return h
+        return super().open(ino, False)
+
+    def _open_backing(self, h: Handle, e: DEntry) -> None:
+        self._open_stored(h, e)
 
     def release(self, fh: int) -> None:
         self._close_handle(fh)
