@@ -2,45 +2,69 @@
 
 ``Artifact`` is something being built (a new artifact version, or a draft of
 the next version from ``Version.new_draft()``); ``Version`` is a committed,
-immutable version.  Every ``Artifact`` keeps its staged changes in a draft in
-the store, so files added are safely stored as they are added, and a crashed
-program's work is still there (``artfs fsck`` lists drafts' files).
+immutable version.  An ``Artifact`` keeps its staged changes in a draft in the
+store (created on its first accepted change), so files added are safely stored
+as they are added and a crashed program's work is still there.
+
+Every error a caller can cause is an ``ArtfsError`` (``BadInput`` for bad
+arguments) and leaves nothing behind.
 """
 from __future__ import annotations
 
 import io
 import os
+import stat
 import uuid
 
-from . import repo, treefmt
-from .draft import DEntry, Draft
+from . import repo
 from .errors import BadInput, NotFound, StoreMissing
-from .refs import check_artifact_name, check_alias
-from .store import Store, default_store_path
-from .treefmt import DIR, FILE, REF, Entry
+from .refs import check_alias, check_artifact_name
+from .repo import collab
+from .repo.drafts import Draft
+from .storage import format as fmt
+from .storage.format import DIR, FILE, REF, Entry
+from .storage.store import Store, default_store_path
 
 
 def _store(store) -> Store:
     if isinstance(store, Store):
         return store
+    if store is not None and not isinstance(store, (str, os.PathLike)):
+        raise BadInput(f"store must be a path, got {type(store).__name__}")
     try:
         return Store.open(store)
     except StoreMissing:
-        # the API creates the store on first use (the CLI asks for `artfs init`), but never
-        # inside a directory that already holds something else
-        path = os.path.abspath(store or default_store_path())
-        if os.path.isdir(path) and os.listdir(path):
-            raise StoreMissing(f"{path} is not an artfs store and not empty; give an empty or new directory") from None
-        return Store.init(path)
+        # the API creates the store on first use (the CLI asks for `artfs init`); Store.init
+        # refuses a directory that already holds something else
+        return Store.init(os.fspath(store) if store is not None else default_store_path())
 
 
-def _parts(name: str) -> tuple:
-    parts = treefmt.split_path(name)
-    if not parts:
-        raise BadInput(f"empty path {name!r}")
+def _text_arg(value, what: str) -> str:
+    if not isinstance(value, str):
+        raise BadInput(f"{what} must be text, got {type(value).__name__}")
+    return value
+
+
+def _parts(name) -> tuple:
+    """A path inside an artifact: relative, no '..', no empty or trailing component."""
+    if not isinstance(name, (str, bytes)):
+        raise BadInput(f"a path must be text, got {type(name).__name__}")
+    raw = name.encode("utf-8", "surrogateescape") if isinstance(name, str) else name
+    if raw.startswith(b"/"):
+        raise BadInput(f"{name!r}: paths inside an artifact are relative")
+    parts = fmt.split_path(raw, allow_root=False)
     if parts[0] == repo.CONTROL_DIR:
         raise BadInput("the name .artfs is reserved")
     return parts
+
+
+def _local_path(p, what: str = "path") -> str:
+    if not isinstance(p, (str, bytes, os.PathLike)):
+        raise BadInput(f"{what} must be a path, got {type(p).__name__}")
+    p = os.fsdecode(os.fspath(p))
+    if "\0" in p:
+        raise BadInput(f"{what} contains NUL")
+    return p
 
 
 class Version:
@@ -64,7 +88,7 @@ class Version:
 
     @property
     def aliases(self) -> list[str]:
-        return self._store.meta.aliases(self.name).get(self._info.num, [])
+        return repo.aliases(self._store, self.name).get(self._info.num, [])
 
     def __repr__(self) -> str:
         return f"<Version {self.ref}{' (unchanged)' if self.unchanged else ''}>"
@@ -77,20 +101,21 @@ class Version:
 
     def files(self) -> list[str]:
         """Paths of every file (and reference) in this version, sorted."""
-        return [treefmt.join_path(p) for p, e in repo.walk(self._store, self._info.root) if e.kind in (FILE, REF)]
+        return [fmt.join_path(p) for p, e in repo.walk(self._store, self._info.root) if e.kind in (FILE, REF)]
 
     def entry(self, path: str) -> Entry:
-        return repo.lookup(self._store, self._info, path)
+        parts = _parts(path)
+        return repo.lookup(self._store, self._info, b"/".join(parts))
 
-    def open(self, path: str) -> io.BytesIO:
-        """The verified bytes of one file as a binary file object."""
+    def open(self, path: str) -> "VersionFile":
+        """A seekable, streaming binary file object of one file; every byte read is verified."""
         e = self.entry(path)
         if e.kind not in (FILE, REF):
             raise BadInput(f"{path} is not a file in {self.ref}")
-        return io.BytesIO(b"".join(repo.iter_content(self._store, e)))
+        return VersionFile(repo.ContentReader(self._store, e))
 
     def download(self, root: str | None = None) -> str:
-        root = root or os.path.join("artifacts", f"{self.name}-v{self._info.num}")
+        root = _local_path(root, "root") if root is not None else os.path.join("artifacts", f"{self.name}-v{self._info.num}")
         repo.export(self._store, self._info, root)
         return root
 
@@ -100,7 +125,54 @@ class Version:
 
     def set_alias(self, alias: str) -> None:
         check_alias(alias)
-        self._store.meta.set_alias(self.name, alias, self._info.num)
+        repo.set_alias(self._store, self.ref, alias)
+
+
+class VersionFile(io.RawIOBase):
+    """A read-only, seekable view of a stored file; reads are verified piece by piece."""
+
+    def __init__(self, reader: repo.ContentReader):
+        super().__init__()
+        self._r = reader
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self._r.read(self._pos, len(b))
+        n = len(data)
+        b[:n] = data
+        self._pos += n
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = max(0, self._r.size - self._pos)
+        data = self._r.read(self._pos, size)
+        self._pos += len(data)
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._r.size}[whence]
+        if base + offset < 0:
+            raise BadInput("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        if not self.closed:
+            self._r.close()
+        super().close()
 
 
 class Artifact:
@@ -109,20 +181,26 @@ class Artifact:
     def __init__(self, name: str, type: str = "dataset", description: str | None = None,
                  metadata: dict | None = None, store=None, *, _parent: repo.VersionInfo | None = None):
         check_artifact_name(name)
+        if not isinstance(type, str) or not type:
+            raise BadInput("type must be non-empty text")
+        if description is not None:
+            _text_arg(description, "description")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise BadInput(f"metadata must be a dict, got {metadata.__class__.__name__}")
         self.name = name
         self.type = type
         self.description = description
         self.metadata = dict(metadata or {})
         self._store = _store(store)
-        art = self._store.meta.artifact(name)
-        if art is not None and art["type"] != type:
+        art = repo.artifact(self._store, name)
+        if art is not None and art["type"] != type and repo.latest(self._store, name) is not None:
             raise BadInput(f"{name} is a {art['type']}, not a {type}")
         self._parent = _parent
         self._draft: Draft | None = None
         self.writer_id = uuid.uuid4().hex  # one writer, for collaborative upserts
         self.writer_label: str | None = None  # how `artfs log` names this writer
 
-    # -- the staged changes live in a draft in the store -------------------------
+    # -- the staged changes live in a draft in the store (made on the first change) ------
     @property
     def draft(self) -> Draft:
         if self._draft is None:
@@ -130,99 +208,143 @@ class Artifact:
                                           parent=self._parent, empty=self._parent is None)
         return self._draft
 
-    def add_file(self, local_path: str, name: str | None = None) -> None:
+    def _put_file(self, parts: tuple, src: str) -> None:
+        from .repo.content import open_nofollow
+
+        try:
+            fd = open_nofollow(src)
+        except OSError as exc:
+            raise BadInput(f"cannot read {src}: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise BadInput(f"not a regular file: {src}")
+            with self._store.writing():
+                with self._store.objects.batch() as b:
+                    d, n, chunks = b.put_fd(fd)
+                from .repo.put import read_xattrs
+
+                e = Entry(parts[-1], FILE, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, n, st.st_mtime_ns,
+                          st.st_atime_ns, digest=d, chunks=chunks, xattrs=read_xattrs(fd))
+                self.draft.put(parts, e)
+        finally:
+            os.close(fd)
+
+    def add_file(self, local_path, name: str | None = None) -> None:
+        local_path = _local_path(local_path, "local_path")
+        parts = _parts(os.path.basename(local_path) if name is None else name)
         if not os.path.isfile(local_path):
             raise BadInput(f"not a file: {local_path}")
-        try:
-            self.draft.add_file(_parts(os.path.basename(local_path) if name is None else name), local_path)
-        except PermissionError as exc:
-            raise BadInput(f"cannot read {local_path}: {exc.strerror}") from None
+        self._put_file(parts, local_path)
 
-    def add_dir(self, local_path: str, name: str | None = None) -> None:
+    def add_dir(self, local_path, name: str | None = None) -> None:
         """Add every file below ``local_path`` under ``name`` (default: the root), merging."""
+        local_path = _local_path(local_path, "local_path")
+        prefix = _parts(name) if name else ()
         if not os.path.isdir(local_path):
             raise BadInput(f"not a directory: {local_path}")
-        prefix = _parts(name) if name else ()
-        d = self.draft
         with self._store.writing():
-            tree = repo.build_tree_from_dir(self._store, local_path, reject_control=not prefix)
+            with self._store.objects.batch() as b:
+                tree, _ = repo.build_tree_from_dir(self._store, b, local_path, reject_control=not prefix)
             if prefix:
                 self._merge(prefix, tree)
             else:
                 for e in self._store.tree(tree.digest):
                     self._merge((e.name,), e)
-        return None if d else None
 
     def _merge(self, path: tuple, e: Entry) -> None:
         d = self.draft
-        cur = d.lookup(path)
-        if e.kind == DIR and cur is not None and cur.kind == DIR:
-            for child in self._store.tree(e.digest):
-                self._merge(path + (child.name,), child)
-        else:
-            d.add_entry(path, e)
+        stack = [(path, e)]
+        while stack:
+            p, x = stack.pop()
+            cur = d.lookup(p)
+            if x.kind == DIR and cur is not None and cur.kind == DIR:
+                stack.extend((p + (c.name,), c) for c in self._store.tree(x.digest))
+            else:
+                d.put(p, x.with_(hlid=None))
 
     def add_reference(self, uri: str, name: str | None = None) -> None:
         """Record a file:/// reference: digest and size, not a copy."""
-        p = repo.uri_path(uri)
-        hexd, size = repo.hash_reference(uri)
-        st = os.stat(p)
-        e = Entry(os.fsencode(os.path.basename(p)), REF, st.st_mode & 0o7777, st.st_uid, st.st_gid, size,
-                  st.st_mtime_ns, digest=bytes.fromhex(hexd), uri=uri)
-        self.draft.add_entry(_parts(os.path.basename(p) if name is None else name), e)
+        p = repo.uri_path(_text_arg(uri, "uri"))
+        parts = _parts(os.path.basename(p) if name is None else name)
+        d, size, chunks, st = repo.hash_reference(uri)
+        chunks_d = None
+        with self._store.writing():
+            if chunks is not None:
+                with self._store.objects.batch() as b:
+                    chunks_d = b.put_bytes(chunks)
+            e = Entry(parts[-1], REF, st.st_mode & 0o7777, st.st_uid, st.st_gid, size, st.st_mtime_ns,
+                      st.st_atime_ns, digest=d, chunks=chunks_d, uri=uri)
+            self.draft.put(parts, e)
 
     def remove(self, item: str) -> None:
         parts = _parts(item)
+        if self._draft is None and self._parent is None:
+            raise NotFound(f"no {item} in this draft of {self.name}")
         try:
             self.draft.remove(parts)
         except NotFound:
             raise NotFound(f"no {item} in this draft of {self.name}") from None
 
     def files(self) -> list[str]:
+        if self._draft is None and self._parent is None:
+            return []
         out = []
-
-        def rec(d: DEntry, prefix):
-            for name, e in sorted(self.draft.children(d).items()):
+        d = self.draft
+        stack = [(d.root, ())]
+        while stack:
+            de, prefix = stack.pop()
+            for name, e in sorted(d.children(de).items(), reverse=True):
                 if e.kind == DIR:
-                    rec(e, prefix + (name,))
+                    stack.append((e, prefix + (name,)))
                 elif e.kind in (FILE, REF):
-                    out.append(treefmt.join_path(prefix + (name,)))
-
-        rec(self.draft.root(), ())
-        return out
+                    out.append(fmt.join_path(prefix + (name,)))
+        return sorted(out)
 
     def status(self) -> list[tuple[str, str]]:
-        return self.draft.status()
+        if self._draft is None and self._parent is None:
+            return []
+        return [(code, fmt.join_path(p)) for code, p in self.draft.status()]
 
     def save(self, message: str | None = None) -> Version:
         """Commit: the next version, or the existing one when the content is identical."""
+        if message is not None:
+            _text_arg(message, "message")
         d = self.draft
-        num, unchanged = d.commit(message, self.metadata, description=self.description)
-        d.discard()
+        with repo.lock_draft(self._store, d):
+            result = repo.commit_draft(self._store, d, message, self.metadata, description=self.description)
+            repo.finish_commit(d, result)
+            d.discard()
         self._draft = None
-        info = repo.resolve(self._store, f"{self.name}:v{num}")
+        info = repo.version(self._store, self.name, result.num)
         self._parent = info
-        return Version(self._store, info, unchanged)
+        return Version(self._store, info, result.unchanged)
 
     # -- collaborative versions (DESIGN.md §6) ----------------------------------------
     def upsert(self, distributed_id: str | None = None) -> dict:
         """Merge this artifact's files into the pending version ``distributed_id``
         (default $ARTFS_GROUP); upserting again replaces this object's earlier contribution."""
-        from . import collab
-
+        did = collab.distributed_id(distributed_id)
         label = self.writer_label or f"{self.name} writer {self.writer_id[:8]} (pid {os.getpid()})"
-        return collab.upsert(self._store, self.draft, distributed_id, f"api:{self.writer_id}", label)
+        d = self.draft
+        with repo.lock_draft(self._store, d):
+            p, done = collab.upsert(self._store, d, did, f"api:{self.writer_id}", label)
+            d.commit(d.settle(done))
+            self._store.meta.durable()
+            d.flush_dead()
+        return p
 
     def finish(self, distributed_id: str | None = None, message: str | None = None) -> Version:
         """Upsert this artifact's own files (if any), then seal the pending version as the next version."""
-        from . import collab
-
         did = collab.distributed_id(distributed_id)
-        if self._draft is not None or self._store.meta.pending(self.name, did) is None:
+        if self._draft is not None:
             self.upsert(did)
+        elif collab.pending(self._store, self.name, did) is None:
+            raise NotFound(f"{self.name} has no pending version {did!r} and this artifact has no files of its own:"
+                           " nothing to finish (a mistyped id?)")
         num, unchanged = collab.finish(self._store, self.name, did, message, self.metadata or None)
         self.discard()
-        info = repo.resolve(self._store, f"{self.name}:v{num}")
+        info = repo.version(self._store, self.name, num)
         self._parent = info
         return Version(self._store, info, unchanged)
 
@@ -233,6 +355,7 @@ class Artifact:
 
 
 def use_artifact(ref: str, store=None) -> Version:
+    _text_arg(ref, "reference")
     s = _store(store)
     return Version(s, repo.resolve(s, ref))
 
@@ -240,16 +363,18 @@ def use_artifact(ref: str, store=None) -> Version:
 # -- runs (DESIGN.md §9): W&B's run API with `wandb` replaced by `artfs` ------------------
 
 def _version_of(store: Store, artifact: str, num: int) -> Version:
-    return Version(store, repo.resolve(store, f"{artifact}:v{num}"))
+    return Version(store, repo.version(store, artifact, num))
 
 
 class Run:
     """One execution that uses and produces versions; a context manager."""
 
     def __init__(self, store: Store, run_id: str):
+        from .repo import runs
+
         self._store = store
         self.id = run_id
-        row = store.meta.run(run_id)
+        row = runs.get(store, run_id)
         self.name = row["name"]
         self.job_type = row["job_type"]
         self.group = row["group"]
@@ -267,15 +392,17 @@ class Run:
 
     @property
     def outcome(self) -> str:
-        from . import runs
+        from .repo import runs
 
-        return runs.state(self._store.meta.run(self.id))
+        return runs.state(runs.get(self._store, self.id))
 
     # -- using and producing ---------------------------------------------------------
     def use_artifact(self, ref: str) -> Version:
         """Resolve a reference and record it as an input of this run."""
+        from .repo import runs
+
         v = use_artifact(ref, store=self._store)
-        self._store.meta.run_used(self.id, v.name, v._info.num)
+        runs.used(self._store, self.id, v.name, v._info.num)
         return v
 
     def log_artifact(self, artifact: "Artifact", aliases: list[str] | None = None) -> Version:
@@ -287,65 +414,79 @@ class Run:
         return v
 
     def upsert_artifact(self, artifact: "Artifact", distributed_id: str | None = None) -> dict:
-        from . import collab
+        from .repo import runs
 
         did = collab.distributed_id(distributed_id or self.group)
         p = artifact.upsert(did)
-        self._store.meta.run_upserted(self.id, artifact.name, did)
+        runs.upserted(self._store, self.id, artifact.name, did)
         return p
 
     def finish_artifact(self, artifact: "Artifact", distributed_id: str | None = None) -> Version:
-        from . import collab
+        from .repo import runs
 
         did = collab.distributed_id(distributed_id or self.group)
         v = artifact.finish(did)
-        self._store.meta.run_upserted(self.id, artifact.name, did)
+        runs.upserted(self._store, self.id, artifact.name, did)
         self._produced(v, "finished")
         return v
 
     def _produced(self, v: Version, how: str) -> None:
-        self._store.meta.run_produced(self.id, v.name, v._info.num, how, v._info.created)
+        from .repo import runs
+
+        runs.produced(self._store, self.id, v.name, v._info.num, how, v._info.created)
 
     def used_artifacts(self) -> list[Version]:
-        return [_version_of(self._store, r["artifact"], r["num"]) for r in self._store.meta.run_inputs(self.id)]
+        from .repo import runs
+
+        return [_version_of(self._store, r["artifact"], r["num"]) for r in runs.inputs(self._store, self.id)]
 
     def logged_artifacts(self) -> list[Version]:
-        return [_version_of(self._store, r["artifact"], r["num"]) for r in self._store.meta.run_outputs(self.id)]
+        from .repo import runs
+
+        return [_version_of(self._store, r["artifact"], r["num"]) for r in runs.outputs(self._store, self.id)]
 
     # -- ending ----------------------------------------------------------------------------
     def finish(self, exit_code: int = 0) -> None:
+        from .repo import runs
+
         if not self._ended:
-            self._store.meta.run_end(self.id, "finished" if exit_code == 0 else "failed", exit_code)
+            runs.end(self._store, self.id, "finished" if exit_code == 0 else "failed", exit_code)
             self._ended = True
 
     def __enter__(self) -> "Run":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        from .repo import runs
+
         if exc_type is None:
             self.finish(0)
         elif not self._ended:
             killed = issubclass(exc_type, KeyboardInterrupt)
-            self._store.meta.run_end(self.id, "killed" if killed else "failed", 130 if killed else 1)
+            runs.end(self._store, self.id, "killed" if killed else "failed", 130 if killed else 1)
             self._ended = True
 
 
 def init(job_type: str | None = None, group: str | None = None, name: str | None = None,
          config: dict | None = None, store=None) -> Run:
     """Start a run (like ``wandb.init``); use it as a context manager or call ``run.finish()``."""
-    from . import runs
+    from .repo import runs
 
     s = _store(store)
     return Run(s, runs.start(s, job_type=job_type, group=group, name=name, config=config))
 
 
 def _logged_by(self: Version) -> "Run | None":
-    prods = self._store.meta.version_producers(self.name, self._info.num)
+    from .repo import runs
+
+    prods = runs.producers(self._store, self.name, self._info.num)
     return Run(self._store, prods[0]["run_id"]) if prods else None
 
 
 def _used_by(self: Version) -> list[Run]:
-    return [Run(self._store, r["run_id"]) for r in self._store.meta.version_consumers(self.name, self._info.num)]
+    from .repo import runs
+
+    return [Run(self._store, r["run_id"]) for r in runs.consumers(self._store, self.name, self._info.num)]
 
 
 Version.logged_by = _logged_by

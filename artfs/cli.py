@@ -19,7 +19,7 @@ Commands added by other modules
 :data:`PLUGINS`).  Such a module defines ``register(group)`` which adds
 click commands to the group, e.g.::
 
-    from artfs.cli import pass_env, show_path   # helpers meant for plugins
+    from artfs.cli import pass_env, quote   # helpers meant for plugins
 
     def register(group):
         @group.command()
@@ -54,8 +54,10 @@ from . import __version__, repo
 from .errors import ArtfsError, BadInput
 from .progress import reporter
 from .refs import check_artifact_name
-from .store import Store, default_store_path
-from .treefmt import DIR, FILE, REF, SYMLINK, KIND_NAMES, split_path
+from .names import json_path, quote, quote_text
+from .repo import collab
+from .storage.format import DIR, FILE, REF, SYMLINK, KIND_NAMES, split_path
+from .storage.store import Store, default_store_path
 
 #: modules that add commands with ``register(group)``; missing ones are skipped
 PLUGINS = ("artfs.fuse.cli_mount", "artfs.runs_cli")
@@ -65,35 +67,7 @@ PLUGIN_COMMANDS = {"artfs.fuse.cli_mount": ("mount", "umount", "commit", "status
 
 # -- output helpers -------------------------------------------------------------------
 
-def show_path(p: "str | bytes") -> str:
-    """A name or path for a line of output: as is when printable UTF-8, else a C-quoted string (like git)."""
-    b = p if isinstance(p, bytes) else p.encode("utf-8", "surrogateescape")
-    try:
-        s = b.decode("utf-8")
-    except UnicodeDecodeError:
-        s = None
-    if s is not None and s.isprintable() and not s.startswith('"'):
-        return s
-    out = []
-    for ch in b.decode("utf-8", "surrogateescape"):
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif "\udc80" <= ch <= "\udcff":
-            out.append("\\%03o" % (ord(ch) - 0xDC00))
-        elif not ch.isprintable():
-            out.append("".join("\\%03o" % x for x in ch.encode("utf-8")))
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _text(b: "bytes | None") -> "str | None":
-    """Bytes for JSON output (non-UTF-8 bytes become lone surrogates, escaped by json)."""
-    return None if b is None else b.decode("utf-8", "surrogateescape")
+show_path = quote  # helpers meant for plugins (the name older plugins use)
 
 
 def _when(t: float) -> str:
@@ -247,7 +221,7 @@ def put(env: Env, name: str, src: str, type_: str | None, message: str | None, d
     if patch:
         from .api import Artifact, use_artifact
 
-        a = (use_artifact(f"{name}:latest", store=s).new_draft() if s.meta.alias(name, "latest") is not None
+        a = (use_artifact(f"{name}:latest", store=s).new_draft() if repo.latest(s, name) is not None
              else Artifact(name, type_ or "dataset", store=s))
         try:
             a.add_dir(src, name=prefix or None)
@@ -278,16 +252,16 @@ def _collab_writer(s: Store, name: str, type_: str | None, did: str, src: str):
     import socket
 
     from .api import Artifact
-    from .collab import distributed_id as check_did
-
-    did = check_did(did)
-    art = s.meta.artifact(name)
+    did = collab.distributed_id(did)
+    art = repo.artifact(s, name)
     a = Artifact(name, type_ or (art["type"] if art else "dataset"), store=s)
     a.writer_id = hashlib.blake2b(f"put:{socket.gethostname()}:{os.path.abspath(src)}:{did}".encode(),
                                   digest_size=16).hexdigest()
     a.writer_label = f"put {os.path.abspath(src)} on {socket.gethostname()}"
-    a.discard()  # a draft left by an interrupted put of the same DIR
-    pending = s.meta.pending(name, did)
+    left = repo.find_draft(s, f"api:{a.writer_id}")
+    if left is not None:
+        left.discard()  # a draft left by an interrupted put of the same DIR
+    pending = collab.pending(s, name, did)
     if pending is not None and pending["parent"] is not None:
         a._parent = repo.resolve(s, f"{name}:v{pending['parent']}")  # add on top of the pending base
     a.add_dir(src)
@@ -302,8 +276,6 @@ def _collab_writer(s: Store, name: str, type_: str | None, did: str, src: str):
 @pass_env
 def finish(env: Env, name: str, src: str | None, distributed_id: str | None, message: str | None):
     """Seal a collaborative version of NAME as its next version (upserting DIR first, if given)."""
-    from . import collab
-
     s = env.store()
     check_artifact_name(name)
     did = collab.distributed_id(distributed_id)
@@ -314,8 +286,6 @@ def finish(env: Env, name: str, src: str | None, distributed_id: str | None, mes
         v = a.finish(did, message)
         click.echo(f"{v.ref} (unchanged)" if v.unchanged else v.ref)
         return
-    if s.meta.pending(name, did) is None:
-        raise repo.NotFound(f"{name} has no pending version {did!r}")
     num, unchanged = collab.finish(s, name, did, message)
     click.echo(f"{name}:v{num}" + (" (unchanged)" if unchanged else ""))
 
@@ -340,39 +310,62 @@ def discard(env: Env, ref: str, did: str | None):
         return
     name = ref
     check_artifact_name(name)
-    p = s.meta.pending(name, did)
-    if p is None:
-        raise repo.NotFound(f"{name} has no pending version {did!r}")
-    if p["finished"] is not None:
-        raise BadInput(f"{did!r} was already finished as {name}:v{p['finished']}")
-    s.meta.discard_pending(name, did)
-    click.echo(f"discarded pending {did} of {name}")
+    click.echo(collab.discard_pending(s, name, collab.distributed_id(did)))
 
 
 @cli.command("drafts")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_env
-def drafts_cmd(env: Env, as_json: bool):
-    """Every draft in the store, with its parent and number of changes."""
-    rows = repo.drafts(env.store())
+@click.option("--prune", is_flag=True, help="Discard drafts left by programs (API, run outputs) that are not in use.")
+@click.option("--older-than", "older", default="7d", metavar="AGE", show_default=True,
+              help="With --prune: only drafts unchanged for AGE (e.g. 30m, 12h, 7d).")
+def drafts_cmd(env: Env, as_json: bool, prune: bool, older: str):
+    """Every draft in the store, with its parent and number of changes.
+
+    Example: artfs drafts --prune --older-than 2d
+    """
+    s = env.store()
+    if prune:
+        gone = repo.prune_drafts(s, _duration(older))
+        if as_json:
+            _echo_json({"pruned": gone})
+        else:
+            for g in gone:
+                click.echo(f"discarded {quote(g)}")
+            click.echo(f"pruned {len(gone)} draft{'s' if len(gone) != 1 else ''}")
+        return
+    rows = repo.drafts(s)
     if as_json:
         _echo_json(rows)
         return
     for r in rows:
+        if r.get("problem"):
+            click.echo(f"{quote(r['draft'])}  damaged: {quote_text(r['problem'])}")
+            continue
         mounted = "  (mounted)" if r["mounted"] else ""
-        click.echo(f"{r['draft']}  from {r['parent'] or 'nothing'}  {r['changes']} change"
-                   f"{'s' if r['changes'] != 1 else ''}  {_when(r['created'])}{mounted}")
+        behind = f"  (behind: latest {r['latest']})" if r.get("latest") and r["latest"] != r["parent"] else ""
+        click.echo(f"{quote(r['draft'])}  from {r['parent'] or 'nothing'}  {r['changes']} change"
+                   f"{'s' if r['changes'] != 1 else ''}  {_when(r['created'])}{mounted}{behind}")
+
+
+def _duration(text: str) -> float:
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text or "")
+    if not m:
+        raise BadInput(f"bad duration {text!r}: use e.g. 90s, 30m, 12h, 7d, 2w")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
 
 
 def _pending_lines(s: Store, name: str) -> list[str]:
     out = []
-    for p in s.meta.pendings(name):
+    for p in collab.pendings(s, name):
         if p["finished"] is not None:
             continue
         age = int(time.time() - p["created"])
-        writers = ", ".join(f"{w['label'] or w['writer']} ({w['rows']})" for w in p["writers"])
+        writers = ", ".join(f"{quote_text(w['label'] or w['writer'])} ({w['rows']})" for w in p["writers"])
         base = f"from v{p['parent']}" if p["parent"] is not None else "from scratch"
-        out.append(f"pending {p['distributed_id']}  {base}  {p['files']} files  {len(p['writers'])} writer(s)"
+        out.append(f"pending {quote_text(p['distributed_id'])}  {base}  {p['files']} files  {len(p['writers'])} writer(s)"
                    f"  {age}s old  {writers}")
     return out
 
@@ -396,15 +389,14 @@ def log(env: Env, name: str, as_json: bool):
     """Versions of NAME, newest first, with their aliases."""
     s = env.store()
     check_artifact_name(name)
-    art = repo._artifact_or_fail(s, name)
-    aliases = s.meta.aliases(name)
-    versions = [repo.VersionInfo.of(r, art["type"]) for r in s.meta.versions(name)]
+    aliases = repo.aliases(s, name)
+    versions = repo.versions(s, name)
     if as_json:
         rows = [_version_json(v, aliases.get(v.num, [])) for v in versions]
         rows += [{"pending": p["distributed_id"], "artifact": name, "parent": p["parent"], "files": p["files"],
                   "created": p["created"], "writers": [{"writer": w["writer"], "label": w["label"], "files": w["rows"]}
                                                        for w in p["writers"]]}
-                 for p in s.meta.pendings(name) if p["finished"] is None]
+                 for p in collab.pendings(s, name) if p["finished"] is None]
         _echo_json(rows)
         return
     for line in _pending_lines(s, name):
@@ -418,23 +410,30 @@ def log(env: Env, name: str, as_json: bool):
     w_bytes = max(len(str(v.total_bytes)) for v in versions)
     w_how = max(len(v.how) for v in versions)
     for head, v in zip(heads, versions):
-        msg = (v.message or "").splitlines()[0] if v.message else ""
+        msg = quote_text((v.message or "").splitlines()[0]) if v.message else ""
         line = (f"{head:<{w_head}}  {_when(v.created)}  {v.file_count:>{w_files}} files  "
                 f"{v.total_bytes:>{w_bytes}} bytes  {v.how:<{w_how}}  {msg}")
         click.echo(line.rstrip())
 
 
 def _entry_json(e) -> dict:
-    d = {"name": _text(e.name), "kind": KIND_NAMES[e.kind], "mode": stat.filemode(e.st_mode), "perm": e.mode,
-         "uid": e.uid, "gid": e.gid, "size": e.size, "mtime_ns": e.mtime_ns}
+    d = json_path(e.name, "name")
+    d.update({"kind": KIND_NAMES[e.kind], "mode": stat.filemode(e.st_mode), "perm": e.mode,
+              "uid": e.uid, "gid": e.gid, "size": e.size, "mtime_ns": e.mtime_ns, "atime_ns": e.atime_ns})
     if e.kind in (FILE, REF):
         d["digest"] = e.digest.hex()
     if e.kind == REF:
         d["uri"] = e.uri
     if e.kind == SYMLINK:
-        d["target"] = _text(e.target)
+        d.update(json_path(e.target, "target"))
     if e.kind == DIR:
         d["files"] = e.nfiles
+    if e.rdev:
+        d["rdev"] = e.rdev
+    if e.xattrs:
+        d["xattrs"] = sorted(k.decode("utf-8", "replace") for k, _ in e.xattrs)
+    if e.hlid:
+        d["hardlink_group"] = e.hlid.hex()
     return d
 
 
@@ -449,28 +448,26 @@ def ls_(env: Env, ref: str, path: str, long_: bool, as_json: bool, did: str | No
     """Entries of a version (of its directory PATH, default the root)."""
     s = env.store()
     if did is not None:
-        from . import collab
-
         check_artifact_name(ref)
-        rows = collab.pending_files(s, ref, did)
+        rows = collab.pending_files(s, ref, collab.distributed_id(did))
         if as_json:
-            _echo_json([{"path": p, "kind": what, "writer": w} for p, what, w in rows])
+            _echo_json([dict(json_path(p), kind=what, writer=w) for p, what, w in rows])
         for p, what, w in ([] if as_json else rows):
-            click.echo(f"{what:<9}  {show_path(p)}  ({w})")
+            click.echo(f"{what:<9}  {quote(p)}  ({quote_text(w)})")
         return
     v = repo.resolve(s, ref)
     e = repo.lookup(s, v, path)
-    entries = s.tree(e.digest) if e.kind == DIR else [e]
+    entries = repo.entries(s, e)
     if as_json:
         _echo_json([_entry_json(x) for x in entries])
         return
     w = max((len(str(x.size)) for x in entries), default=0)
     for x in entries:
-        name = show_path(x.name)
+        name = quote(x.name)
         if x.kind == SYMLINK:
-            name += " -> " + show_path(x.target)
+            name += " -> " + quote(x.target)
         elif x.kind == REF:
-            name += f" (reference {x.uri})"
+            name += f" (reference {quote(x.uri)})"
         cols = [stat.filemode(x.st_mode), f"{x.size:>{w}}"]
         if long_:
             t = x.mtime_ns / 1e9
@@ -486,14 +483,14 @@ def _follow(s: Store, v: repo.VersionInfo, path: str):
         e = repo.lookup(s, v, b"/".join(parts))
         if e.kind != SYMLINK:
             return e
-        where = show_path(b"/".join(parts))
+        where = quote(b"/".join(parts))
         if e.target.startswith(b"/"):
-            raise BadInput(f"{where} in {v.ref} is a symlink to {show_path(e.target)}, outside the version")
+            raise BadInput(f"{where} in {v.ref} is a symlink to {quote(e.target)}, outside the version")
         new = posixpath.normpath(b"/".join(parts[:-1] + [e.target]))
         if new == b".." or new.startswith(b"../"):
-            raise BadInput(f"{where} in {v.ref} is a symlink to {show_path(e.target)}, outside the version")
+            raise BadInput(f"{where} in {v.ref} is a symlink to {quote(e.target)}, outside the version")
         parts = [p for p in new.split(b"/") if p not in (b"", b".")]
-    raise BadInput(f"{path} in {v.ref}: too many levels of symbolic links")
+    raise BadInput(f"{quote(path)} in {v.ref}: too many levels of symbolic links")
 
 
 @cli.command()
@@ -506,10 +503,12 @@ def cat(env: Env, ref: str, path: str):
     v = repo.resolve(s, ref)
     e = _follow(s, v, path)
     if e.kind == DIR:
-        raise BadInput(f"{path} is a directory in {v.ref}")
+        raise BadInput(f"{quote(path)} is a directory in {v.ref}")
+    if e.kind not in (FILE, REF):
+        raise BadInput(f"{quote(path)} is a {KIND_NAMES[e.kind]} in {v.ref}, not a file")
     out = sys.stdout.buffer
     try:
-        for buf in repo.iter_content(s, e):
+        for buf in repo.iter_content(s, e, verify_first=True):
             out.write(buf)
     finally:
         out.flush()
@@ -526,10 +525,10 @@ def diff(env: Env, ref1: str, ref2: str, as_json: bool):
     a, b = repo.resolve(s, ref1), repo.resolve(s, ref2)
     changes = repo.diff_versions(s, a, b)
     if as_json:
-        _echo_json([{"status": code, "path": p} for code, p in changes])
+        _echo_json([dict(json_path(b"/".join(p)), status=code) for code, p in changes])
         return
     for code, p in changes:
-        click.echo(f"{code} {show_path(p)}")
+        click.echo(f"{code} {quote(b'/'.join(p))}")
 
 
 # -- aliases, export ---------------------------------------------------------------------
@@ -565,7 +564,7 @@ def export(env: Env, ref: str, dest: str):
     v = repo.resolve(s, ref)
     with env.progress(f"export {v.ref}") as p:
         n = repo.export(s, v, dest, progress=p)
-    click.echo(f"{v.ref} -> {dest} ({n} files)")
+    click.echo(f"{v.ref} -> {quote(dest)} ({n} files)")
 
 
 # -- maintenance ---------------------------------------------------------------------------
@@ -581,8 +580,7 @@ def fsck(env: Env):
         for line in problems:
             click.echo(line)
         _die(f"fsck found {len(problems)} problem{'s' if len(problems) != 1 else ''}", 1)
-    nobj = sum(1 for _ in s.objects.iter_all())
-    nver = len(s.meta.all_versions())
+    nobj, nver = repo.counts(s)
     click.echo(f"ok: {nobj} objects, {nver} versions")
 
 

@@ -2,8 +2,10 @@
 
 The repo layer takes an optional ``progress`` object with two methods::
 
-    progress.total(files, nbytes)     what there is to do (may be called again)
+    progress.phase(name)              what is being done now (scanning, hashing, syncing, ...)
+    progress.total(files, nbytes)     what there is to do in this phase (may be called again)
     progress.advance(files, nbytes)   what was just done
+    progress.note(text)               a one-line remark for the user (stderr, always shown)
 
 Both may be called from worker threads.  :func:`reporter` gives a rich
 progress bar (drawn on stderr, removed when the work ends) when stdout and
@@ -20,7 +22,13 @@ from contextlib import contextmanager
 
 
 class NullProgress:
-    """Accepts the progress protocol and shows nothing."""
+    """Accepts the progress protocol and shows nothing but notes."""
+
+    def phase(self, name: str) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        print(f"artfs: {text}", file=sys.stderr)
 
     def total(self, files: int, nbytes: int) -> None:
         pass
@@ -42,6 +50,7 @@ class RichProgress:
 
     def __init__(self, progress, label: str):
         self._p = progress
+        self._label = label
         self._lock = threading.Lock()
         self._files = self._nfiles = 0
         self._bytes = self._nbytes = 0
@@ -58,6 +67,14 @@ class RichProgress:
             completed=self._bytes if by_bytes else self._files,
             counts=counts,
         )
+
+    def phase(self, name: str) -> None:
+        with self._lock:
+            self._files = self._nfiles = self._bytes = self._nbytes = 0
+            self._p.update(self._task, description=f"{self._label}: {name}", total=None, completed=0, counts="")
+
+    def note(self, text: str) -> None:
+        self._p.console.print(f"artfs: {text}")
 
     def total(self, files: int, nbytes: int) -> None:
         with self._lock:

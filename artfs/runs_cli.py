@@ -21,10 +21,10 @@ def register(group) -> None:
         """Runs, newest first (`artfs runs show ID` for one)."""
         if ctx.invoked_subcommand is not None:
             return
-        from . import runs
+        from .repo import runs
 
         s = ctx.obj.store()
-        rows = [runs.describe(s, r["id"]) for r in s.meta.runs()]
+        rows = [runs.describe(s, r["id"]) for r in runs.recent(s)]
         if as_json:
             _echo_json(rows)
             return
@@ -41,7 +41,7 @@ def register(group) -> None:
     @pass_env
     def runs_show(env, run_id, as_json):
         """Everything recorded about one run."""
-        from . import runs
+        from .repo import runs
 
         d = runs.describe(env.store(), run_id)
         if as_json:
@@ -58,12 +58,13 @@ def register(group) -> None:
     @click.argument("ref")
     @click.option("--up", "direction", flag_value="up", help="Only upstream (what it was made from).")
     @click.option("--down", "direction", flag_value="down", help="Only downstream (what was made from it).")
-    @click.option("--depth", type=click.IntRange(1, 1000), default=10, show_default=True)
+    @click.option("--depth", type=click.IntRange(1, 100), default=10, show_default=True)
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @pass_env
     def lineage_cmd(env, ref, direction, depth, as_json):
         """Producing run and its inputs (up), consuming runs and their outputs (down)."""
-        from . import repo, runs
+        from . import repo
+        from .repo import runs
 
         s = env.store()
         v = repo.resolve(s, ref)

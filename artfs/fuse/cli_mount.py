@@ -136,6 +136,14 @@ def commit(mnt: str, message: str | None, finish: bool = False) -> str:
     try:
         os.write(fd, (message or "").encode() or b"\n")
     except OSError as exc:
+        why = ""
+        try:
+            with open(path) as f:
+                why = f.read().strip()
+        except OSError:
+            pass
+        if why.startswith("error: "):
+            raise ArtfsError(f"{'finish' if finish else 'commit'} failed: {why[len('error: '):]}") from None
         raise ArtfsError(f"commit failed: {exc.strerror} (see the store's logs/ for details)") from None
     finally:
         os.close(fd)

@@ -1,14 +1,18 @@
 """A draft mount that writes into a collaborative version (``--distributed-id``).
 
 Writing ``.artfs/commit`` upserts this mount's changes (the mount's draft is
-one writer); writing ``.artfs/finish`` upserts and seals.  Both run with
-every mutation held back (``Operations.exclusive``), like a plain commit.
+one writer); writing ``.artfs/finish`` upserts and seals.  Both run with every
+change held back, like a plain commit.  A failed upsert or finish leaves the
+draft as it was: the scratch files were only copied.
 """
 from __future__ import annotations
 
 import logging
 
-from .. import collab
+import trio
+
+from .. import repo
+from ..repo import collab, workspace
 
 log = logging.getLogger("artfs.fuse")
 
@@ -18,34 +22,49 @@ class MountCollab:
         self.store = store
         self.draft = draft
         self.did = collab.distributed_id(distributed_id)
-        self.writer = f"mount:{draft.id}"
+        self.writer = f"mount:{draft.scratch_uuid}"
         self.label = f"mount of {draft.artifact}:draft"
-        self.upsert_outcome = ""
         self.finished = ""
 
     def _upsert_blocking(self) -> dict:
-        return collab.upsert(self.store, self.draft, self.did, self.writer, self.label)
+        d = self.draft
+        p, done = collab.upsert(self.store, d, self.did, self.writer, self.label)
+        d.commit(d.settle(done))
+        self.store.meta.durable()
+        d.flush_dead()
+        outcome = f"upserted into {d.artifact} (pending {self.did}): {p['contributed']} files"
+        self.store.meta.set_draft_outcome(d.id, outcome)
+        d.outcome = outcome
+        return p
 
     async def upsert(self, ops, message: str | None) -> str:
-        p = await ops.exclusive(self._upsert_blocking)
-        ops.vfs.after_commit()
-        self.upsert_outcome = f"upserted into {self.draft.artifact} (pending {self.did}): {p['contributed']} files"
-        self.draft.meta.set_draft_outcome(self.draft.id, self.upsert_outcome)
-        self.draft.outcome = self.upsert_outcome
-        log.info("%s", self.upsert_outcome)
-        return self.upsert_outcome
+        await ops.gate.close()
+        try:
+            async with ops.mutex:
+                await trio.to_thread.run_sync(self._upsert_blocking)
+                await ops.after_commit(None)
+        finally:
+            ops.gate.open()
+        log.info("%s", self.draft.outcome)
+        return self.draft.outcome
 
-    def _finish_blocking(self, message: str | None) -> tuple[int, bool]:
-        collab.upsert(self.store, self.draft, self.did, self.writer, self.label)
-        return collab.finish(self.store, self.draft.artifact, self.did, message)
+    def _finish_blocking(self, message: str | None) -> str:
+        self._upsert_blocking()
+        num, unchanged = collab.finish(self.store, self.draft.artifact, self.did, message)
+        outcome = f"{self.draft.artifact}:v{num}" + (" (unchanged)" if unchanged else "")
+        # the mount goes on as a clean draft of the new version
+        workspace.rebase_draft(self.store, self.draft, repo.version(self.store, self.draft.artifact, num), outcome)
+        return outcome
 
     async def finish(self, ops, message: str | None) -> str:
-        num, unchanged = await ops.exclusive(self._finish_blocking, message)
-        d = self.draft
-        self.finished = f"{d.artifact}:v{num}" + (" (unchanged)" if unchanged else "")
-        row = d.meta.version(d.artifact, num)
-        d.rebase(num, row["root"], self.finished)  # the mount goes on as a clean draft of the new version
-        ops.vfs.after_commit()
+        await ops.gate.close()
+        try:
+            async with ops.mutex:
+                old_base = self.draft.base_root
+                self.finished = await trio.to_thread.run_sync(self._finish_blocking, message)
+                await ops.after_commit(old_base)
+        finally:
+            ops.gate.open()
         log.info("finished %s", self.finished)
         return self.finished
 

@@ -25,49 +25,47 @@ import trio
 from .. import repo
 from ..errors import ArtfsError
 from ..refs import parse_ref
-from ..store import Store
+from ..storage.store import Store
 from .ops import Operations
 from .draft_vfs import DraftVFS
-from .vfs import VersionView, VersionVFS
+from .vfs import VersionVFS
 
 log = logging.getLogger("artfs.fuse")
 
 
-def build_ops(store: Store, ref_text: str, distributed_id: str | None = None, draft_key: str | None = None) -> Operations:
+def build_ops(store: Store, ref_text: str, distributed_id: str | None = None, draft_key: str | None = None,
+              type_: str | None = None) -> Operations:
     ref = parse_ref(ref_text)
     if ref.draft:
-        view = repo.open_draft(store, ref.name, key=draft_key)
-        _lock_draft(view)
-        vfs = DraftVFS(view)
+        draft = repo.open_draft(store, ref.name, key=draft_key, type_=type_)
+        # one mount per draft: two daemons editing one draft would undo each other's changes
+        _draft_locks.append(repo.lock_draft(store, draft))
+        draft.prepare_for_writing()
+        vfs = DraftVFS(store, draft)
         collab = None
         if distributed_id:
             from .collab import MountCollab
 
-            collab = MountCollab(store, view, distributed_id)
+            collab = MountCollab(store, draft, distributed_id)
         return Operations(vfs, collab)
     if distributed_id:
         raise ArtfsError("--distributed-id needs a draft: mount NAME:draft")
-    return Operations(VersionVFS(VersionView(store, repo.resolve(store, ref))))
+    return Operations(VersionVFS(store, repo.resolve(store, ref)))
 
 
 _draft_locks = []  # held for the life of the daemon
 
 
-def _lock_draft(draft) -> None:
-    """One mount per draft: two daemons editing one draft would undo each other's changes."""
-    import fcntl
+def raise_fd_limit() -> None:
+    """Many open files in a mount need many descriptors: take the hard limit."""
+    import resource
 
-    os.makedirs(draft.scratch_dir, mode=0o700, exist_ok=True)
-    fd = os.open(os.path.join(draft.scratch_dir, ".mounted"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        other = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        os.close(fd)
-        raise ArtfsError(f"{draft.artifact}:draft is already mounted (daemon pid {other or '?'})") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    _draft_locks.append(fd)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def fuse_options(ops: Operations, ref_text: str, allow_other: bool, debug: bool) -> set[str]:
@@ -108,6 +106,7 @@ def serve(store_path: str, ref_text: str, mountpoint: str, *, foreground: bool =
           draft_key: str | None = None) -> int:
     """Mount and serve until unmounted or signalled.  ``ready(msg)`` is told 'ok' or 'error: ...'."""
     ready = ready or (lambda msg: None)
+    raise_fd_limit()
     try:
         store = Store.open(store_path)
         setup_logging(store, foreground, debug)
@@ -151,6 +150,12 @@ def serve(store_path: str, ref_text: str, mountpoint: str, *, foreground: bool =
             pyfuse3.close(unmount=True)
         except Exception:
             log.exception("close")
+        if ops.vfs.draft is not None:
+            try:  # what programs wrote is kept either way; this only makes the last edits durable now
+                store.meta.durable()
+                ops.vfs.draft.flush_dead()
+            except Exception:
+                log.exception("final sync")
         log.info("unmounted %s", mountpoint)
     return code
 

@@ -1,62 +1,63 @@
-"""The filesystem model of a draft mount: mutable nodes over a persistent Draft.
+"""The filesystem model of a draft mount: nodes over a persistent Draft.
 
-A :class:`Node` per name the kernel knows, numbered from a counter that
-never goes back, so an inode number is never reused within a mount.  A node
-knows only its parent and name: its entry is looked up in the draft by path
-each time, since the draft changes under it.  A node that is unlinked or
-renamed over while the kernel still knows it keeps a snapshot of its entry
-(``orphan``) and its open descriptors, so open-then-unlinked files stay
-readable and writable until closed.
+Inode numbers come from the draft (``Draft.ino_of``): stable for the draft's
+life, so a node can be dropped when the kernel forgets it and found again
+under the same number.  A :class:`Node` exists per inode the kernel knows
+(lookup counts) or that has open handles; it knows the directory and name it
+was last reached by (a hard-linked inode is resolved through its inode record
+instead).  A node unlinked or renamed over while the kernel still knows it
+keeps a snapshot of its entry (``orphan``) and its scratch file, so
+open-then-unlinked files stay readable and writable until closed (a stored
+file written after its unlink gets an anonymous scratch file).
 
-Content: an unchanged file is read straight from its object; the first open
-for writing (or truncate) copies it up into a scratch file of the draft, and
-every open handle of that node is moved onto the scratch file so all readers
-see the writes.  After a commit the handles move back onto objects.
+Changes go through the draft's plan / persist / apply protocol: ops.py plans
+on the trio thread (``plan_*`` here), persists in a worker thread
+(``Draft.persist``) and applies on the trio thread (``apply_*`` here, which
+also updates the nodes), holding one lock from plan to apply.
 
-Concurrency: as in vfs.py — trio thread, except ``*_blocking`` methods.
+Content: an unchanged file is read from the store (verified); the first write
+(or truncate) copies it into a scratch file of the draft, and every handle of
+the node moves onto that scratch file so all readers see the writes.  After a
+commit the handles move back onto the stored content.
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
 
-from .. import repo, treefmt
-from ..draft import DEntry, Draft, Exists, IsADirectory, NotADirectory
-from ..errors import BadInput, Corrupt, NotFound, ReadOnly, ReferenceChanged
-from ..objects import copy_fd, hash_fd
-from ..treefmt import DIR, FILE, REF, SYMLINK
-from .vfs import CTL_NAME, FIRST_INO, ROOT_INO, BaseVFS, Handle, NotPermitted, as_entry, stat_dict
+from .. import repo
+from ..errors import BadInput, IsADirectory, NotADirectory, NotFound, NotPermitted
+from ..repo.drafts import ROOT_INO, Change, Draft, ScratchFile
+from ..storage import format as fmt
+from ..storage.format import DIR, FILE, REF, SYMLINK, Entry
+from .vfs import CTL_NAME, BaseVFS, Handle, stat_dict
 
 
 class Node:
-    __slots__ = ("ino", "parent", "name", "lookups", "orphan", "kids", "handles", "ctime_ns")
+    __slots__ = ("ino", "parent", "name", "lookups", "orphan", "handles", "scratch", "scratch_dir_synced")
 
-    def __init__(self, ino: int, parent: "Node | None", name: bytes):
+    def __init__(self, ino: int, parent: int | None, name: bytes):
         self.ino = ino
-        self.parent = parent
+        self.parent = parent  # inode number of the directory it was last reached by
         self.name = name
         self.lookups = 0
-        self.orphan: DEntry | None = None  # removed from the tree while still known
-        self.kids: dict[bytes, Node] | None = None
+        self.orphan: Entry | None = None  # removed from the tree while still known
         self.handles: set = set()
-        self.ctime_ns = 0
+        self.scratch: ScratchFile | None = None  # open scratch file, shared by the node's handles
+        self.scratch_dir_synced = True
 
 
 class DraftVFS(BaseVFS):
     readonly = False
 
-    def __init__(self, draft: Draft):
-        super().__init__(draft.store)
-        self.view = draft
+    def __init__(self, store, draft: Draft):
+        super().__init__(store)
         self.draft = draft
-        draft.touch_parents = True
-        self.nodes: dict[int, Node] = {}
-        self.next_ino = FIRST_INO
         root = Node(ROOT_INO, None, b"")
         root.lookups = 1
-        root.kids = {}
-        self.nodes[ROOT_INO] = root
+        self.nodes: dict[int, Node] = {ROOT_INO: root}
 
     # -- nodes -------------------------------------------------------------------
     def node(self, ino: int) -> Node:
@@ -69,32 +70,35 @@ class DraftVFS(BaseVFS):
         parts = []
         while n.parent is not None:
             parts.append(n.name)
-            n = n.parent
+            p = self.nodes.get(n.parent)
+            if p is None:
+                raise NotFound("the directory of this file is gone")
+            n = p
         return tuple(reversed(parts))
 
-    def entry(self, n: Node) -> DEntry:
+    def entry(self, n: Node) -> Entry:
         if n.orphan is not None:
             return n.orphan
         if n.ino == ROOT_INO:
-            return self.view.root()
+            return self.draft.root
+        inode = self.draft.inodes.get(n.ino)
+        if inode is not None:  # a hard-linked inode: its record, whatever name reached it
+            return inode.with_(name=n.name, link=n.ino)
         e = self.draft.lookup(self.path(n))
         if e is None:
             raise NotFound("no such file")
         return e
 
-    def _child_node(self, parent: Node, name: bytes, e: DEntry) -> Node:
-        if parent.kids is None:
-            parent.kids = {}
-        n = parent.kids.get(name)
+    def _known(self, parent: int, name: bytes, e: Entry) -> Node:
+        ino = self.draft.ino_of(parent, name, e)
+        n = self.nodes.get(ino)
         if n is None:
-            n = Node(self.next_ino, parent, name)
-            self.next_ino += 1
-            self.nodes[n.ino] = n
-            parent.kids[name] = n
-            n.ctime_ns = e.mtime_ns
+            n = self.nodes[ino] = Node(ino, parent, name)
+        elif n.orphan is None:
+            n.parent, n.name = parent, name
         return n
 
-    def lookup(self, parent_ino: int, name: bytes) -> tuple[Node, DEntry]:
+    def lookup(self, parent_ino: int, name: bytes) -> tuple[Node, Entry]:
         """Find a name; the caller reports it to the kernel (lookup count + 1)."""
         parent = self.node(parent_ino)
         pe = self.entry(parent)
@@ -104,267 +108,248 @@ class DraftVFS(BaseVFS):
             raise NotFound("control directory")  # handled by ops.py
         e = self.draft.child(pe, name)
         if e is None:
-            raise NotFound(f"no {name!r}")
-        n = self._child_node(parent, name, e)
+            raise NotFound("no such entry")
+        n = self._known(parent_ino, name, e)
         n.lookups += 1
         return n, e
 
-    def listdir(self, ino: int) -> list[tuple[bytes, DEntry]]:
+    def listdir(self, ino: int) -> list[tuple[bytes, Entry]]:
         n = self.node(ino)
         e = self.entry(n)
         if e.kind != DIR:
             raise NotADirectory("not a directory")
         return sorted(self.draft.children(e).items())
 
-    def dirent_node(self, parent_ino: int, index: int, name: bytes, e: DEntry) -> Node:
-        return self._child_node(self.node(parent_ino), name, e)
+    def dirent_node(self, parent_ino: int, index: int, name: bytes, e: Entry) -> Node:
+        return self._known(parent_ino, name, e)
 
     def dirent_counted(self, n: Node, counted: bool) -> None:
         """After readdir_reply: the kernel now knows the entry (or, if not counted, does not)."""
         if counted:
             n.lookups += 1
-        elif n.lookups <= 0 and not n.handles:
-            self._drop(n)
+        else:
+            self._maybe_drop(n)
 
     def forget(self, ino: int, count: int) -> None:
         n = self.nodes.get(ino)
         if n is None or ino == ROOT_INO:
             return
         n.lookups -= count
-        if n.lookups <= 0 and not n.handles:
-            self._drop(n)
+        self._maybe_drop(n)
 
-    def _drop(self, n: Node) -> None:
-        self.nodes.pop(n.ino, None)
-        if n.parent is not None and n.parent.kids is not None and n.parent.kids.get(n.name) is n:
-            del n.parent.kids[n.name]
+    def _maybe_drop(self, n: Node) -> None:
+        if n.lookups <= 0 and not n.handles and n.ino != ROOT_INO:
+            self.nodes.pop(n.ino, None)
+            if n.scratch is not None:
+                n.scratch.close()
+                n.scratch = None
 
     # -- attributes ---------------------------------------------------------------
-    def stat(self, n: Node, e: DEntry | None = None) -> dict:
+    def stat(self, n: Node, e: Entry | None = None) -> dict:
         e = e or self.entry(n)
         size = mtime = None
-        if e.scratch is not None:  # a changed file: its scratch file has the true size and mtime
-            fd = self._scratch_fd(n)
-            try:  # an open descriptor also serves a file that was unlinked while open
-                st = os.fstat(fd) if fd is not None else os.stat(self.draft.scratch_path(e.scratch))
+        ctime = e.ctime_ns
+        if e.kind == DIR:
+            nlink = 2 + self.draft.subdirs(e)
+        elif n.orphan is not None:
+            nlink = 0
+        else:
+            nlink = e.nlink if e.link is not None else 1
+        if n.scratch is not None or e.scratch is not None:  # a changed file: its scratch file is the truth
+            st = n.scratch.fstat() if n.scratch is not None else self.draft.scratch_stat(e.scratch)
+            if st is not None:
                 size, mtime = st.st_size, st.st_mtime_ns
-            except FileNotFoundError:
-                pass
-        nlink = 0 if n.orphan is not None and e.kind != DIR else None
-        return stat_dict(n.ino, e, size, mtime, n.ctime_ns, nlink)
+                ctime = max(ctime, st.st_ctime_ns)
+        return stat_dict(n.ino, e, size=size, mtime=mtime, ctime=max(ctime, mtime or 0) if e.kind != DIR else ctime,
+                         nlink=nlink)
 
-    # -- draft mutations (all raise ReadOnly on a version) ----------------------------
-    def _writable(self) -> Draft:
-        return self.draft
-
+    # -- planning changes (trio thread; nothing changes until apply) ----------------------
     def _child_path(self, parent_ino: int, name: bytes) -> tuple:
         parent = self.node(parent_ino)
         if parent.orphan is not None:
             raise NotFound("directory was removed")
         if parent_ino == ROOT_INO and name == CTL_NAME:
             raise NotPermitted(".artfs is reserved")
-        treefmt.check_name(name)
+        fmt.check_name(name)
         return self.path(parent) + (name,)
 
-    def _touch_dir(self, parent_ino: int) -> None:
-        """A directory's ctime moves when its entries change (its mtime moved in the draft's
-        own transaction: ``touch_parents``)."""
-        self.node(parent_ino).ctime_ns = time.time_ns()
-
-    def create(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int) -> tuple[Node, DEntry, str]:
-        """A new empty file backed by a new scratch file; returns its scratch path too."""
-        d = self._writable()
+    def plan_create(self, parent_ino: int, name: bytes, kind: int, mode: int, uid: int, gid: int, *,
+                    rdev: int = 0, target: bytes | None = None, scratch: str | None = None) -> Change:
         path = self._child_path(parent_ino, name)
-        if d.lookup(path) is not None:
-            raise Exists("file exists")
-        sname, spath = d.new_scratch()
-        fd = os.open(spath, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
-        st = os.stat(spath)
-        e = DEntry(FILE, stat.S_IMODE(mode), uid, gid, 0, st.st_mtime_ns, scratch=sname)
-        d.put(path, e)
-        self._touch_dir(parent_ino)
-        n = self._child_node(self.node(parent_ino), name, e)
-        n.orphan = None
-        n.lookups += 1
-        return n, e, spath
-
-    def mkdir(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int) -> tuple[Node, DEntry]:
-        d = self._writable()
-        path = self._child_path(parent_ino, name)
-        if d.lookup(path) is not None:
-            raise Exists("file exists")
-        e = d.mkdir(path, stat.S_IMODE(mode), uid, gid)
-        self._touch_dir(parent_ino)
-        n = self._child_node(self.node(parent_ino), name, e)
-        n.orphan = None
-        n.lookups += 1
-        return n, e
-
-    def symlink(self, parent_ino: int, name: bytes, target: bytes, uid: int, gid: int) -> tuple[Node, DEntry]:
-        d = self._writable()
-        path = self._child_path(parent_ino, name)
-        if d.lookup(path) is not None:
-            raise Exists("file exists")
-        if not target or b"\0" in target or len(target) > treefmt.MAX_TARGET:
+        if kind == SYMLINK and (not target or len(target) > fmt.MAX_TARGET):
             raise BadInput("bad symlink target")
-        e = DEntry(SYMLINK, 0o777, uid, gid, len(target), time.time_ns(), target=target)
-        d.put(path, e)
-        self._touch_dir(parent_ino)
-        n = self._child_node(self.node(parent_ino), name, e)
-        n.orphan = None
+        return self.draft.plan_create(path, kind, mode, uid, gid, rdev=rdev, target=target, scratch=scratch)
+
+    def apply_create(self, ch: Change, parent_ino: int, name: bytes, sf: ScratchFile | None = None) -> tuple[Node, Entry]:
+        self.draft.apply(ch)
+        ino, e = ch.result
+        n = self.nodes.get(ino) or Node(ino, parent_ino, name)
+        self.nodes[ino] = n
+        n.parent, n.name, n.orphan = parent_ino, name, None
+        n.lookups += 1
+        if sf is not None:
+            n.scratch = sf
+            n.scratch_dir_synced = False
+        return n, e
+
+    def plan_link(self, ino: int, parent_ino: int, name: bytes) -> Change:
+        n = self.node(ino)
+        if n.orphan is not None:
+            raise NotFound("file was removed")
+        dst = self._child_path(parent_ino, name)
+        return self.draft.plan_link(self._any_path(n), dst)
+
+    def _any_path(self, n: Node) -> tuple:
+        """A current path of a node (for a hard-linked inode, the name it was reached by may be
+        gone: find another of its names among the known ones)."""
+        p = self.path(n)
+        e = self.draft.lookup(p)
+        if e is not None and (e.link == n.ino or n.ino not in self.draft.inodes):
+            return p
+        for other in self.nodes.values():
+            if other is not n and other.parent is not None and other.orphan is None:
+                try:
+                    q = self.path(other) + (n.name,)
+                except NotFound:
+                    continue
+                x = self.draft.lookup(q)
+                if x is not None and x.link == n.ino:
+                    return q
+        raise NotFound("cannot find a name of this file")
+
+    def apply_link(self, ch: Change, parent_ino: int, name: bytes) -> tuple[Node, Entry]:
+        self.draft.apply(ch)
+        ino, e = ch.result
+        n = self.nodes.get(ino)
+        if n is None:
+            n = self.nodes[ino] = Node(ino, parent_ino, name)
         n.lookups += 1
         return n, e
 
-    def _orphan(self, parent: Node, name: bytes, e: DEntry) -> None:
-        """The node at parent/name (if the kernel knows it) leaves the tree."""
-        if parent.kids is None:
-            return
-        n = parent.kids.pop(name, None)
-        if n is not None:
-            n.orphan = e
-            n.parent = None
-            n.ctime_ns = time.time_ns()
-            if n.lookups <= 0 and not n.handles:
-                self.nodes.pop(n.ino, None)
-
-    def unlink(self, parent_ino: int, name: bytes, is_dir: bool) -> None:
-        d = self._writable()
+    def plan_remove(self, parent_ino: int, name: bytes, is_dir: bool) -> tuple[Change, int]:
         path = self._child_path(parent_ino, name)
+        d = self.draft
         e = d.lookup(path)
         if e is None:
             raise NotFound("no such file")
-        if is_dir and e.kind != DIR:
-            raise NotADirectory("not a directory")
-        if not is_dir and e.kind == DIR:
-            raise IsADirectory("is a directory")
-        d.remove(path, recursive=False)
-        self._orphan(self.node(parent_ino), name, e)
-        self._touch_dir(parent_ino)
+        ino = d.ino_of(parent_ino, name, e)
+        return d.plan_remove(path, "dir" if is_dir else "file"), ino
 
-    def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, noreplace: bool) -> None:
-        d = self._writable()
+    def apply_remove(self, ch: Change, ino: int) -> None:
+        removed = ch.result
+        self.draft.apply(ch)
+        self._gone(ino, removed)
+
+    def _gone(self, ino: int, removed: Entry) -> None:
+        """A name left the tree; its node (if the kernel knows it) becomes an orphan unless the
+        inode lives on under other names."""
+        n = self.nodes.get(ino)
+        if n is None:
+            return
+        if removed.link is not None and removed.link in self.draft.inodes:
+            return  # other names remain
+        n.orphan = removed.with_(ctime_ns=time.time_ns())
+        n.parent = None
+        self._maybe_drop(n)
+
+    def plan_rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int
+                    ) -> tuple[Change, int, int | None]:
+        d = self.draft
         old = self._child_path(old_parent, old_name)
         new = self._child_path(new_parent, new_name)
         e = d.lookup(old)
         if e is None:
             raise NotFound("no such file")
-        target = d.lookup(new)
-        if target is not None and noreplace:
-            raise Exists("file exists")
-        d.rename(old, new)
-        op, np_ = self.node(old_parent), self.node(new_parent)
-        if target is not None and old != new:
-            self._orphan(np_, new_name, target)
-        n = op.kids.pop(old_name, None) if op.kids else None
-        if n is not None:
-            n.parent = np_
-            n.name = new_name
-            n.ctime_ns = time.time_ns()
-            if np_.kids is None:
-                np_.kids = {}
-            np_.kids[new_name] = n
-        self._touch_dir(old_parent)
-        if new_parent != old_parent:
-            self._touch_dir(new_parent)
+        t = d.lookup(new)
+        tino = d.ino_of(new_parent, new_name, t) if t is not None else None
+        ch = d.plan_rename(old, new, noreplace=bool(flags & 1), exchange=bool(flags & 2))
+        return ch, d.ino_of(old_parent, old_name, e), tino
 
-    def setattr(self, ino: int, mode=None, uid=None, gid=None, size=None, mtime_ns=None) -> DEntry:
-        d = self._writable()
-        n = self.node(ino)
-        e = self.entry(n)
-        kw = {}
-        if mode is not None:
-            kw["mode"] = stat.S_IMODE(mode)
-        if uid is not None:
-            kw["uid"] = uid
-        if gid is not None:
-            kw["gid"] = gid
-        if size is not None:
-            if e.kind == DIR:
-                raise IsADirectory("is a directory")
-            if e.kind == SYMLINK:
-                raise BadInput("not a regular file")
-        if mtime_ns is not None:
-            kw["mtime_ns"] = mtime_ns
-        n.ctime_ns = time.time_ns()
+    def apply_rename(self, ch: Change, moved_ino: int, target_ino: int | None, old_parent: int, old_name: bytes,
+                     new_parent: int, new_name: bytes, exchange: bool) -> None:
+        moved, replaced = ch.result
+        self.draft.apply(ch)
+        if exchange and target_ino is not None:
+            t = self.nodes.get(target_ino)
+            if t is not None:
+                t.parent, t.name = old_parent, old_name
+        elif replaced is not None and target_ino is not None and target_ino != moved_ino:
+            self._gone(target_ino, replaced)
+        n = self.nodes.get(moved_ino)
+        if n is not None:
+            n.parent, n.name = new_parent, new_name
+
+    def plan_setattr(self, n: Node, **kw) -> Change | None:
+        """A metadata change of a node; None for an orphan (changed in memory only)."""
         if n.orphan is not None:
-            n.orphan = e = e.copy(**kw)
-        elif n.ino == ROOT_INO:
-            return e
-        elif kw:
-            e = d.update(self.path(n), **kw)
-        if mtime_ns is not None and e.scratch is not None:
-            p = d.scratch_path(e.scratch)
-            os.utime(p, ns=(mtime_ns, mtime_ns))
-        return e
+            n.orphan = n.orphan.with_(ctime_ns=time.time_ns(), **{k: v for k, v in kw.items()
+                                                                   if k in ("mode", "uid", "gid", "mtime_ns",
+                                                                            "atime_ns", "xattrs")})
+            return None
+        return self.draft.plan_setattr(() if n.ino == ROOT_INO else self._any_path(n), **kw)
+
+    def apply(self, ch: Change) -> None:
+        self.draft.apply(ch)
 
     # -- content -----------------------------------------------------------------------
     def needs_copy_up(self, n: Node) -> bool:
         e = self.entry(n)
-        return e.kind in (FILE, REF) and e.scratch is None
+        return e.kind in (FILE, REF) and n.scratch is None and (e.scratch is None or n.orphan is not None)
 
-    def copy_up_blocking(self, n: Node, truncate: bool) -> str:
-        """Make a scratch copy of a file's content (worker thread); returns the scratch name.
-
-        The copy is hashed before it is used, so a corrupt object is never copied up."""
-        e = self.entry(n)
-        sname, spath = self.draft.new_scratch()
-        dfd = os.open(spath, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            if not truncate and e.size:
-                sfd, hexd = repo.open_content(self.store, as_entry(e))
-                try:
-                    copy_fd(sfd, dfd, os.fstat(sfd).st_size)
-                finally:
-                    os.close(sfd)
-                if hexd not in self.verified:
-                    if hash_fd(dfd)[0] != hexd:
-                        os.unlink(spath)
-                        if e.kind == REF:
-                            raise ReferenceChanged(f"reference {e.uri} changed since it was recorded")
-                        self.corrupt.add(hexd)
-                        raise Corrupt(f"object {hexd} is corrupt")
-                    self.verified.add(hexd)
-            if not truncate:
-                os.utime(dfd, ns=(e.mtime_ns, e.mtime_ns))  # opening is not writing: keep the mtime
-        finally:
-            os.close(dfd)
-        return sname
-
-    def adopt_scratch(self, n: Node, sname: str) -> DEntry:
-        """After copy_up_blocking: the node's entry now lives in its scratch file."""
+    def copy_up_blocking(self, n: Node, e: Entry, truncate: bool) -> tuple[str | None, ScratchFile]:
+        """A scratch file with the node's content (worker thread).  An orphan gets an anonymous
+        one; a named one is recorded by the caller with a setattr change."""
         d = self.draft
+        if e.scratch is not None and n.orphan is None:  # already changed: just open it
+            return e.scratch, d.open_scratch(e.scratch)
         if n.orphan is not None:
-            n.orphan = n.orphan.copy(kind=FILE, scratch=sname, digest=None, uri=None)
-            e = n.orphan
-        else:
-            e = d.update(self.path(n), kind=FILE, scratch=sname, digest=None, uri=None)
-        self._reopen_handles(n, e)
-        return e
+            sf = d.anon_scratch()
+            try:
+                if e.scratch is not None and not truncate:
+                    src = d.open_scratch(e.scratch)
+                    try:
+                        from ..storage.hashing import copy_fd
 
-    def _reopen_handles(self, n: Node, e: DEntry) -> None:
+                        copy_fd(src.fd, sf.fd, src.fstat().st_size)
+                    finally:
+                        src.close()
+                elif not truncate and e.size:
+                    with repo.ContentReader(self.store, e) as r:
+                        for i in range(fmt.chunk_count(r.size)):
+                            sf.pwrite(r.piece(i), i * fmt.CHUNK)
+            except BaseException:
+                sf.close()
+                raise
+            return None, sf
+        return d.copy_up(e, truncate)
+
+    def adopt_scratch(self, n: Node, name: str | None, sf: ScratchFile, fresh: bool) -> None:
+        """The node's bytes now live in ``sf``: move every handle onto it."""
+        n.scratch = sf
+        if fresh:
+            n.scratch_dir_synced = False
         for h in n.handles:
-            self._open_backing(h, e)
+            h.close_reader()
 
-    def _open_backing(self, h: Handle, e: DEntry) -> None:
-        if e.scratch is not None:
-            old = h.fd
-            h.fd = os.open(self.draft.scratch_path(e.scratch), os.O_RDWR if h.writable else os.O_RDONLY)
-            h.on_scratch = True
-            h.expect = None
-            h.data = None
-            if old >= 0:
-                os.close(old)
-        else:
-            self._open_stored(h, e)
-
-    def _opened(self, n: Node, h: Handle) -> None:
+    def open(self, ino: int, writable: bool) -> tuple[Handle, Entry]:
+        n = self.node(ino)
+        e = self.entry(n)
+        if e.kind == DIR:
+            raise IsADirectory("is a directory")
+        if e.kind not in (FILE, REF):
+            raise BadInput("not a regular file")
+        h = self._new_handle(n, writable)
         n.handles.add(h)
+        return h, e
+
+    def backed_by_scratch(self, h: Handle) -> bool:
+        return h.node.scratch is not None
+
+    def read_scratch(self, h: Handle, off: int, size: int) -> bytes:
+        return h.node.scratch.pread(off, size)
 
     def write(self, h: Handle, off: int, buf: bytes) -> int:
-        if not h.on_scratch:
-            raise ReadOnly("not copied up")  # ops.py copies up before writing
-        return os.pwrite(h.fd, buf, off)
+        return h.node.scratch.pwrite(buf, off)
 
     def release(self, fh: int) -> None:
         h = self._close_handle(fh)
@@ -372,41 +357,73 @@ class DraftVFS(BaseVFS):
             return
         n = h.node
         n.handles.discard(h)
-        if not n.handles and n.lookups <= 0 and n.ino in self.nodes:
-            self._drop(n)
+        if not n.handles and n.scratch is not None and (n.orphan is not None or self._scratch_is_stale(n)):
+            n.scratch.close()  # an anonymous (orphan) scratch file is gone with its descriptor
+            n.scratch = None
+        self._maybe_drop(n)
 
-    @staticmethod
-    def _scratch_fd(n: Node) -> int | None:
-        for h in n.handles:
-            if h.on_scratch:
-                return h.fd
-        return None
+    def _scratch_is_stale(self, n: Node) -> bool:
+        try:
+            e = self.entry(n)
+        except NotFound:
+            return True
+        return e.scratch != n.scratch.name
 
-    def truncate_blocking(self, n: Node, size: int) -> None:
-        fd = self._scratch_fd(n)
-        if fd is not None:
-            os.ftruncate(fd, size)  # works for an open-unlinked file too
-        else:
-            os.truncate(self.draft.scratch_path(self.entry(n).scratch), size)
+    def after_commit(self) -> list[Node]:
+        """The draft is clean on a new version: nodes holding scratch files of committed content
+        let them go (their handles reopen stored content).  Returns the nodes whose handles the
+        caller must re-back."""
+        moved = []
+        for n in list(self.nodes.values()):
+            if n.scratch is None or n.orphan is not None:
+                continue
+            try:
+                e = self.entry(n)
+            except NotFound:
+                continue
+            if e.scratch != n.scratch.name:
+                n.scratch.close()
+                n.scratch = None
+                if n.handles:
+                    moved.append(n)
+        return moved
 
-    def after_commit(self) -> None:
-        """The draft is clean on a new parent: move handles from scratch files back to objects."""
-        for h in list(self.handles.values()):
-            n = h.node
-            if h.on_scratch and n.orphan is None:
-                try:
-                    e = self.entry(n)
-                except NotFound:
-                    continue
-                self._open_backing(h, e)
-                if h.expect:
-                    self.verified.add(h.expect)  # commit just hashed these bytes
+    # -- xattrs ------------------------------------------------------------------------
+    def xattrs(self, ino: int) -> tuple:
+        return self.entry(self.node(ino)).xattrs
 
     # -- control texts -----------------------------------------------------------------
     def ref_text(self) -> str:
-        d = self.draft
-        parent = f"parent {d.artifact}:v{d.parent}" if d.parent is not None else "no parent"
-        return f"{d.artifact}:draft ({parent})\n"
+        return repo.workspace.ref_text(self.store, self.draft) + "\n"
 
-    def status_text(self) -> str:
-        return "".join(f"{code} {path}\n" for code, path in self.draft.status())
+    def status_blocking(self) -> str:
+        from ..names import quote
+
+        return "".join(f"{code} {quote(b'/'.join(p))}\n" for code, p in self.draft.status())
+
+
+def caller_groups(pid: int) -> set[int]:
+    """Supplementary groups of the process making a request (for setgid rules)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return {int(x) for x in line.split()[1:]}
+    except OSError:
+        pass
+    return set()
+
+
+def new_owner(parent: Entry, kind: int, mode: int, uid: int, gid: int, pid: int) -> tuple[int, int]:
+    """(mode, gid) of a new entry, as the kernel does for local file systems (inode_init_owner):
+    a setgid directory gives its group (and, to subdirectories, its setgid bit)."""
+    if parent.mode & stat.S_ISGID:
+        gid = parent.gid
+        if kind == DIR:
+            mode |= stat.S_ISGID
+        elif mode & stat.S_ISGID and mode & stat.S_IXGRP and uid != 0 and gid not in caller_groups(pid):
+            mode &= ~stat.S_ISGID
+    return mode, gid
+
+
+__all__ = ["DraftVFS", "Node", "caller_groups", "new_owner", "errno"]

@@ -1,19 +1,22 @@
 """pyfuse3 adapter: kernel requests -> VFS calls, domain errors -> errno, cache policy.
 
 Only ``FUSEError`` leaves a handler (``@fuse_handler`` converts everything
-else, logging what was unexpected as EIO), because any other exception
-kills the whole mount.
+else, logging what was unexpected as EIO), because any other exception kills
+the whole mount.
 
 Cache policy: a committed version is immutable, so the kernel may keep
 entries, attributes and pages for an hour (``keep_cache``).  A draft only
 changes through this mount, so the kernel's own invalidation on write,
-create, unlink and rename keeps it coherent; a commit changes nothing the
-kernel can see (same inodes, sizes, times and bytes).
+create, unlink and rename keeps it coherent; after a commit that merged newer
+versions in, the entries that changed are invalidated.
 
-Concurrency: handlers run as trio tasks on one thread.  Hashing, copying and
-fsync run in worker threads.  ``Gate`` lets a commit (or a status snapshot)
-wait for in-flight mutations and holds new ones back until it is done, so a
-write lands wholly before or wholly after a commit.
+Concurrency: handlers run as trio tasks on one thread.  Metadata work
+(SQLite), hashing, copying, fsync and reads of stored content run in worker
+threads, so a lock held by another process or a slow disk never stalls other
+requests.  A draft change is planned, persisted in a worker thread and
+applied under one lock (``mutex``); ``Gate`` lets a commit wait for in-flight
+changes and writes and hold new ones back until it is done, so a write lands
+wholly before or wholly after a commit.
 """
 from __future__ import annotations
 
@@ -26,9 +29,10 @@ import stat
 import pyfuse3
 import trio
 
-from .. import errors
-from ..draft import Exists, IsADirectory, NotADirectory, NotEmpty
-from .vfs import CTL_NAME, ROOT_INO, BaseVFS, NotPermitted
+from .. import errors, repo
+from ..errors import NotPermitted
+from ..storage.format import BLK, CHR, DIR, FIFO, FILE, REF, SOCK, SYMLINK
+from .vfs import CTL_NAME, ROOT_INO, BaseVFS
 
 log = logging.getLogger("artfs.fuse")
 
@@ -38,18 +42,19 @@ CTL_NAMES = {v: k for k, v in CTL_FILES.items()}
 CTL_FH_BASE = 1 << 48
 RO_TIMEOUT = 3600.0
 DRAFT_TIMEOUT = 10.0
-INLINE_VERIFY = 256 * 1024  # smaller contents are hashed on the trio thread
+REF_READ_TIMEOUT = 60.0  # a file:// reference on a hung network file system fails with EIO, not a hang
+KIND_OF_MODE = {stat.S_IFREG: FILE, stat.S_IFIFO: FIFO, stat.S_IFCHR: CHR, stat.S_IFBLK: BLK, stat.S_IFSOCK: SOCK}
 
 _ERRNO = [
-    (Exists, errno.EEXIST),
-    (NotEmpty, errno.ENOTEMPTY),
-    (NotADirectory, errno.ENOTDIR),
-    (IsADirectory, errno.EISDIR),
+    (errors.Exists, errno.EEXIST),
+    (errors.NotEmpty, errno.ENOTEMPTY),
+    (errors.NotADirectory, errno.ENOTDIR),
+    (errors.IsADirectory, errno.EISDIR),
     (NotPermitted, errno.EPERM),
     (errors.NotFound, errno.ENOENT),
     (errors.ReadOnly, errno.EROFS),
+    (errors.NoSpace, errno.ENOSPC),
     (errors.Corrupt, errno.EIO),
-    (errors.Finished, errno.EBUSY),
     (errors.Conflict, errno.EBUSY),
     (errors.BadInput, errno.EINVAL),
     (errors.StoreMissing, errno.EIO),
@@ -76,7 +81,7 @@ def fuse_handler(fn):
             raise
         except (errors.ArtfsError, OSError) as exc:
             no = errno_of(exc)
-            if no == errno.EIO:
+            if no in (errno.EIO, errno.ENOSPC):
                 log.error("%s%r: %s", fn.__name__, args[:2], exc)
             raise pyfuse3.FUSEError(no) from None
         except Exception:
@@ -87,7 +92,7 @@ def fuse_handler(fn):
 
 
 class Gate:
-    """Many mutations at once, or one exclusive holder (commit, status)."""
+    """Many changes at once, or one exclusive holder (commit)."""
 
     def __init__(self):
         self.active = 0
@@ -118,8 +123,11 @@ class Gate:
         if ev is not None:
             ev.set()
 
+    def __call__(self):
+        return _Entered(self)
 
-class _Mutation:
+
+class _Entered:
     def __init__(self, gate: Gate):
         self.gate = gate
 
@@ -130,28 +138,32 @@ class _Mutation:
         self.gate.leave()
 
 
+def _name_ok(name: bytes) -> None:
+    if len(name) > 255:
+        raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+
+
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, vfs: BaseVFS, collab=None):
+    def __init__(self, vfs: BaseVFS, collab=None, owner_uid: int | None = None, owner_gid: int | None = None):
         super().__init__()
         self.vfs = vfs
         self.ro = vfs.readonly
         self.timeout = RO_TIMEOUT if self.ro else DRAFT_TIMEOUT
         self.gate = Gate()
-        self.commit_lock = trio.Lock()
+        self.mutex = trio.Lock()
         self.copy_locks: dict[int, trio.Lock] = {}
-        self.verify_locks: dict[str, trio.Lock] = {}
-        self.dirs: dict[int, list] = {}
+        self.dirs: dict[int, tuple[int, list]] = {}
         self.next_dh = 1
         self.ctl: dict[int, tuple[int, bytearray]] = {}
         self.next_ctl = CTL_FH_BASE
         self.collab = collab  # collaborative-version hooks (upsert/finish), if mounted with a distributed id
-
-    def mutation(self):
-        return _Mutation(self.gate)
+        self.last_error = ""  # why the last write to .artfs/commit or finish failed (read back by `artfs commit`)
+        self.owner_uid = os.getuid() if owner_uid is None else owner_uid
+        self.owner_gid = os.getgid() if owner_gid is None else owner_gid
 
     # -- attributes ----------------------------------------------------------------
     def _attr(self, fields: dict) -> pyfuse3.EntryAttributes:
@@ -166,17 +178,19 @@ class Operations(pyfuse3.Operations):
     def _ctl_attr(self, ino: int) -> pyfuse3.EntryAttributes:
         now = self.vfs.mount_time_ns
         if ino == CTL_DIR:
-            mode, nlink = stat.S_IFDIR | 0o555, 2
+            mode, nlink = stat.S_IFDIR | 0o700, 2
         else:
             writable = CTL_NAMES[ino] in (b"commit", b"finish") and not self.ro
-            mode, nlink = stat.S_IFREG | (0o644 if writable else 0o444), 1
-        a = self._attr({"st_ino": ino, "st_mode": mode, "st_nlink": nlink, "st_uid": os.getuid(),
-                        "st_gid": os.getgid(), "st_size": 0, "st_blksize": 4096, "st_blocks": 0,
+            mode, nlink = stat.S_IFREG | (0o600 if writable else 0o400), 1
+        # the mount owner's: with allow_other, the kernel keeps other users out
+        a = self._attr({"st_ino": ino, "st_mode": mode, "st_nlink": nlink, "st_uid": self.owner_uid,
+                        "st_gid": self.owner_gid, "st_size": 0, "st_blksize": 4096, "st_blocks": 0,
                         "st_atime_ns": now, "st_mtime_ns": now, "st_ctime_ns": now})
         a.entry_timeout = a.attr_timeout = 0
         return a
 
-    def _is_ctl(self, ino: int) -> bool:
+    @staticmethod
+    def _is_ctl(ino: int) -> bool:
         return CTL_DIR <= ino < 16
 
     # -- lookups ----------------------------------------------------------------
@@ -189,8 +203,7 @@ class Operations(pyfuse3.Operations):
             if ino is None or (name == b"finish" and self.collab is None):
                 raise pyfuse3.FUSEError(errno.ENOENT)
             return self._ctl_attr(ino)
-        if len(name) > 255:
-            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+        _name_ok(name)
         n, e = self.vfs.lookup(parent_inode, name)
         return self._attr(self.vfs.stat(n, e))
 
@@ -211,26 +224,32 @@ class Operations(pyfuse3.Operations):
     @fuse_handler
     async def readlink(self, inode, ctx):
         e = self.vfs.entry(self.vfs.node(inode))
-        if e.target is None:
+        if e.kind != SYMLINK:
             raise pyfuse3.FUSEError(errno.EINVAL)
         return e.target
 
     # -- directories --------------------------------------------------------------
-    @fuse_handler
-    async def opendir(self, inode, ctx):
+    def _listing(self, inode: int) -> list:
         if inode == CTL_DIR:
             names = [k for k in CTL_FILES if k != b"finish" or self.collab is not None]
-            listing = [(k, None) for k in sorted(names)]
-        else:
-            listing = self.vfs.listdir(inode)
+            return [(k, None) for k in sorted(names)]
+        return self.vfs.listdir(inode)
+
+    @fuse_handler
+    async def opendir(self, inode, ctx):
+        if not self._is_ctl(inode):
+            self.vfs.node(inode)
         dh = self.next_dh
         self.next_dh += 1
-        self.dirs[dh] = (inode, listing)
+        self.dirs[dh] = (inode, [])
         return dh
 
     @fuse_handler
     async def readdir(self, fh, start_id, token):
         inode, listing = self.dirs[fh]
+        if start_id == 0:  # opendir, or rewinddir: the directory as it is now
+            listing = self._listing(inode)
+            self.dirs[fh] = (inode, listing)
         vfs = self.vfs
         for i in range(start_id, len(listing)):
             name, e = listing[i]
@@ -247,61 +266,116 @@ class Operations(pyfuse3.Operations):
     async def releasedir(self, fh):
         self.dirs.pop(fh, None)
 
-    @fuse_handler
-    async def mkdir(self, parent_inode, name, mode, ctx):
-        self._check_name(parent_inode, name)
-        async with self.mutation():
-            n, e = self.vfs.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid)
-            return self._attr(self.vfs.stat(n, e))
-
-    @fuse_handler
-    async def rmdir(self, parent_inode, name, ctx):
-        self._check_name(parent_inode, name)
-        async with self.mutation():
-            self.vfs.unlink(parent_inode, name, is_dir=True)
-
-    @fuse_handler
-    async def unlink(self, parent_inode, name, ctx):
-        self._check_name(parent_inode, name)
-        async with self.mutation():
-            self.vfs.unlink(parent_inode, name, is_dir=False)
-
-    @fuse_handler
-    async def symlink(self, parent_inode, name, target, ctx):
-        self._check_name(parent_inode, name)
-        async with self.mutation():
-            n, e = self.vfs.symlink(parent_inode, name, target, ctx.uid, ctx.gid)
-            return self._attr(self.vfs.stat(n, e))
-
-    @fuse_handler
-    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        self._check_name(parent_inode_old, name_old)
-        self._check_name(parent_inode_new, name_new)
-        if flags & pyfuse3.RENAME_EXCHANGE:
-            raise pyfuse3.FUSEError(errno.EINVAL if not self.ro else errno.EROFS)
-        async with self.mutation():
-            self.vfs.rename(parent_inode_old, name_old, parent_inode_new, name_new,
-                            bool(flags & pyfuse3.RENAME_NOREPLACE))
-
-    @fuse_handler
-    async def link(self, inode, new_parent_inode, new_name, ctx):
-        # Hard links would make two names share one mutable file; versions store
-        # files by content, so we refuse cleanly rather than pretend.
-        raise pyfuse3.FUSEError(errno.EROFS if self.ro else errno.EPERM)
-
-    @fuse_handler
-    async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        raise pyfuse3.FUSEError(errno.EROFS if self.ro else errno.EPERM)
-
-    def _check_name(self, parent_inode: int, name: bytes) -> None:
+    # -- draft changes: plan (here) -> persist (worker thread) -> apply (here) ----------------
+    def _writable_name(self, parent_inode: int, name: bytes) -> None:
         if self.ro:
             raise pyfuse3.FUSEError(errno.EROFS)
-        if parent_inode == CTL_DIR or self._is_ctl(parent_inode):
+        if self._is_ctl(parent_inode):
             raise pyfuse3.FUSEError(errno.EPERM)
         if parent_inode == ROOT_INO and name == CTL_NAME:
             raise pyfuse3.FUSEError(errno.EPERM)
-        if len(name) > 255:
+        _name_ok(name)
+
+    async def _persist(self, ch) -> None:
+        await trio.to_thread.run_sync(self.vfs.draft.persist, ch)
+
+    async def _make(self, parent_inode, name, kind, mode, ctx, rdev=0, target=None, want_file=False):
+        """create / mknod / mkdir / symlink: a new name (and, for a regular file, its scratch file)."""
+        from .draft_vfs import new_owner
+
+        vfs = self.vfs
+        async with self.gate(), self.mutex:
+            parent = vfs.entry(vfs.node(parent_inode))
+            perm, gid = new_owner(parent, kind, stat.S_IMODE(mode), ctx.uid, ctx.gid, ctx.pid)
+            sname = sf = None
+            if kind == FILE:
+                sname, sf = await trio.to_thread.run_sync(vfs.draft.new_scratch)
+            try:
+                ch = vfs.plan_create(parent_inode, name, kind, perm, ctx.uid, gid, rdev=rdev, target=target,
+                                     scratch=sname)
+            except BaseException:
+                if sf is not None:
+                    sf.close()
+                    await trio.to_thread.run_sync(vfs.draft.drop_scratch_now, sname)
+                raise
+            try:
+                await self._persist(ch)
+            except BaseException:
+                if sf is not None:
+                    sf.close()
+                raise
+            n, e = vfs.apply_create(ch, parent_inode, name, sf)
+            return n, e
+
+    @fuse_handler
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        self._writable_name(parent_inode, name)
+        n, e = await self._make(parent_inode, name, DIR, mode, ctx)
+        return self._attr(self.vfs.stat(n, e))
+
+    @fuse_handler
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        self._writable_name(parent_inode, name)
+        kind = KIND_OF_MODE.get(stat.S_IFMT(mode))
+        if kind is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        n, e = await self._make(parent_inode, name, kind, mode, ctx, rdev=rdev)
+        return self._attr(self.vfs.stat(n, e))
+
+    @fuse_handler
+    async def symlink(self, parent_inode, name, target, ctx):
+        self._writable_name(parent_inode, name)
+        if len(target) > 4095:
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+        n, e = await self._make(parent_inode, name, SYMLINK, 0o777, ctx, target=target)
+        return self._attr(self.vfs.stat(n, e))
+
+    @fuse_handler
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        self._writable_name(parent_inode, name)
+        n, e = await self._make(parent_inode, name, FILE, mode, ctx)
+        h, _ = self.vfs.open(n.ino, True)
+        h.append = bool(flags & os.O_APPEND)
+        return pyfuse3.FileInfo(fh=h.fh, keep_cache=True), self._attr(self.vfs.stat(n, e))
+
+    @fuse_handler
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        self._writable_name(new_parent_inode, new_name)
+        if self._is_ctl(inode):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        vfs = self.vfs
+        async with self.gate(), self.mutex:
+            ch = vfs.plan_link(inode, new_parent_inode, new_name)
+            await self._persist(ch)
+            n, e = vfs.apply_link(ch, new_parent_inode, new_name)
+        return self._attr(vfs.stat(n, e))
+
+    @fuse_handler
+    async def rmdir(self, parent_inode, name, ctx):
+        await self._remove(parent_inode, name, True)
+
+    @fuse_handler
+    async def unlink(self, parent_inode, name, ctx):
+        await self._remove(parent_inode, name, False)
+
+    async def _remove(self, parent_inode, name, is_dir: bool) -> None:
+        self._writable_name(parent_inode, name)
+        vfs = self.vfs
+        async with self.gate(), self.mutex:
+            ch, ino = vfs.plan_remove(parent_inode, name, is_dir)
+            await self._persist(ch)
+            vfs.apply_remove(ch, ino)
+
+    @fuse_handler
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self._writable_name(parent_inode_old, name_old)
+        self._writable_name(parent_inode_new, name_new)
+        vfs = self.vfs
+        async with self.gate(), self.mutex:
+            ch, moved, target = vfs.plan_rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+            await self._persist(ch)
+            vfs.apply_rename(ch, moved, target, parent_inode_old, name_old, parent_inode_new, name_new,
+                             bool(flags & pyfuse3.RENAME_EXCHANGE))
 
     # -- attributes ----------------------------------------------------------------
     @fuse_handler
@@ -310,31 +384,66 @@ class Operations(pyfuse3.Operations):
             return self._ctl_attr(inode)  # `echo msg > .artfs/commit` truncates first
         if self.ro:
             raise pyfuse3.FUSEError(errno.EROFS)
-        async with self.mutation():
-            vfs = self.vfs
+        vfs = self.vfs
+        async with self.gate():
             n = vfs.node(inode)
             if fields.update_size:
+                e = vfs.entry(n)
+                if e.kind == DIR:
+                    raise pyfuse3.FUSEError(errno.EISDIR)
+                if e.kind not in (FILE, REF):
+                    raise pyfuse3.FUSEError(errno.EINVAL)
                 await self._copy_up(n, truncate=attr.st_size == 0)
-                await trio.to_thread.run_sync(vfs.truncate_blocking, n, attr.st_size)
-            mtime = attr.st_mtime_ns if fields.update_mtime else None
-            vfs.setattr(
-                inode,
-                mode=attr.st_mode if fields.update_mode else None,
-                uid=attr.st_uid if fields.update_uid else None,
-                gid=attr.st_gid if fields.update_gid else None,
-                mtime_ns=mtime,
-            )
+                await trio.to_thread.run_sync(n.scratch.truncate, attr.st_size)
+            kw = {}
+            if fields.update_mode:
+                kw["mode"] = attr.st_mode
+            if fields.update_uid:
+                kw["uid"] = attr.st_uid
+            if fields.update_gid:
+                kw["gid"] = attr.st_gid
+            if fields.update_mtime:
+                kw["mtime_ns"] = attr.st_mtime_ns
+            if fields.update_atime:
+                kw["atime_ns"] = attr.st_atime_ns
+            if kw or fields.update_size:
+                async with self.mutex:
+                    e = vfs.entry(n)
+                    if "mtime_ns" in kw and n.scratch is not None:
+                        # a changed file's mtime lives in its scratch file (writes move it)
+                        await trio.to_thread.run_sync(n.scratch.set_times, kw.get("atime_ns", e.atime_ns),
+                                                      kw["mtime_ns"])
+                    ch = vfs.plan_setattr(n, **kw)
+                    if ch is not None:
+                        await self._persist(ch)
+                        vfs.apply(ch)
             return self._attr(vfs.stat(n))
 
     # -- files -----------------------------------------------------------------------
     async def _copy_up(self, n, truncate: bool) -> None:
-        """Give a node its own scratch file (once), off the trio thread."""
+        """Give a node a scratch file of its own (once), off the trio thread, and record it."""
+        vfs = self.vfs
         lock = self.copy_locks.setdefault(n.ino, trio.Lock())
         async with lock:
-            if not self.vfs.needs_copy_up(n):
+            if not vfs.needs_copy_up(n):
+                if n.scratch is None:  # changed before (e.g. by an earlier mount): open its scratch file
+                    e = vfs.entry(n)
+                    if e.scratch is not None:
+                        n.scratch = await trio.to_thread.run_sync(vfs.draft.open_scratch, e.scratch)
                 return
-            sname = await trio.to_thread.run_sync(self.vfs.copy_up_blocking, n, truncate)
-            self.vfs.adopt_scratch(n, sname)
+            e = vfs.entry(n)
+            name, sf = await trio.to_thread.run_sync(vfs.copy_up_blocking, n, e, truncate)
+            try:
+                if name is not None and e.scratch != name:
+                    async with self.mutex:
+                        ch = vfs.plan_setattr(n, scratch=name, ctime_ns=e.ctime_ns)
+                        if ch is not None:
+                            await self._persist(ch)
+                            vfs.apply(ch)
+            except BaseException:
+                sf.close()
+                raise
+            vfs.adopt_scratch(n, name, sf, fresh=name is not None and e.scratch != name)
         if not lock.locked():
             self.copy_locks.pop(n.ino, None)
 
@@ -343,68 +452,80 @@ class Operations(pyfuse3.Operations):
         if self._is_ctl(inode):
             status = None
             if inode == CTL_FILES[b"status"] and not self.ro:
-                status = await self.exclusive(self.vfs.status_text)  # a snapshot, hashed in a thread
+                status = await self.exclusive(self.vfs.status_blocking)  # a snapshot, hashed in a thread
             return self._open_ctl(inode, flags, status)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         if writable and self.ro:
             raise pyfuse3.FUSEError(errno.EROFS)
         vfs = self.vfs
         if writable:
-            async with self.mutation():
+            async with self.gate():
                 n = vfs.node(inode)
                 truncate = bool(flags & os.O_TRUNC)
                 await self._copy_up(n, truncate=truncate)
-                h = vfs.open(inode, True)
-                if truncate:  # a file already changed in the draft was not copied up again
-                    await trio.to_thread.run_sync(vfs.truncate_blocking, n, 0)
+                h, _ = vfs.open(inode, True)
+                h.append = bool(flags & os.O_APPEND)
+                if truncate and n.scratch.fstat().st_size:  # a file already changed was not copied again
+                    await trio.to_thread.run_sync(n.scratch.truncate, 0)
         else:
-            h = vfs.open(inode, False)
+            h, e = vfs.open(inode, False)
             try:
-                await self._verify(h)
+                await self._back(h, e)
             except BaseException:
                 vfs.release(h.fh)
                 raise
         return pyfuse3.FileInfo(fh=h.fh, keep_cache=True)
 
-    async def _verify(self, h) -> None:
-        """Check stored content against its digest once per mount, off the trio thread."""
-        hexd = self.vfs.pending_verify(h)
-        if hexd is None:
+    async def _back(self, h, e) -> None:
+        """Give a read handle its content: the node's scratch file, or verified stored content."""
+        vfs = self.vfs
+        n = h.node
+        if not self.ro and (n.scratch is not None or e.scratch is not None):
+            if n.scratch is None:
+                n.scratch = await trio.to_thread.run_sync(vfs.draft.open_scratch, e.scratch)
             return
-        if os.fstat(h.fd).st_size <= INLINE_VERIFY:
-            self.vfs.verify_blocking(h)  # microseconds: cheaper than a trip to a worker thread
-            return
-        lock = self.verify_locks.setdefault(hexd, trio.Lock())
-        async with lock:
-            if self.vfs.pending_verify(h) is not None:
-                await trio.to_thread.run_sync(self.vfs.verify_blocking, h)
-        if not lock.locked():
-            self.verify_locks.pop(hexd, None)
-
-    @fuse_handler
-    async def create(self, parent_inode, name, mode, flags, ctx):
-        self._check_name(parent_inode, name)
-        async with self.mutation():
-            n, e, _ = self.vfs.create(parent_inode, name, mode, ctx.uid, ctx.gid)
-            h = self.vfs.open(n.ino, True)
-            return pyfuse3.FileInfo(fh=h.fh, keep_cache=True), self._attr(self.vfs.stat(n, e))
+        if e.kind == REF:
+            with trio.move_on_after(REF_READ_TIMEOUT) as scope:
+                await trio.to_thread.run_sync(vfs.open_stored_blocking, h, e, abandon_on_cancel=True)
+            if scope.cancelled_caught:
+                raise errors.ReferenceChanged(f"reference {e.uri} did not answer in time")
+        else:
+            await trio.to_thread.run_sync(vfs.open_stored_blocking, h, e)
 
     @fuse_handler
     async def read(self, fh, off, size):
         if fh >= CTL_FH_BASE:
             _, buf = self.ctl[fh]
             return bytes(buf[off: off + size])
-        return self.vfs.read(self.vfs.handle(fh), off, size)
+        vfs = self.vfs
+        h = vfs.handle(fh)
+        if not self.ro and h.node.scratch is not None:
+            return vfs.read_scratch(h, off, size)
+        if h.data is None and h.reader is None:
+            await self._back(h, vfs.entry(h.node))
+            if h.node.scratch is not None:
+                return vfs.read_scratch(h, off, size)
+        if h.data is not None:
+            return h.data[off:off + size]
+        reader = h.reader
+        if reader.is_ref:
+            with trio.move_on_after(REF_READ_TIMEOUT) as scope:
+                data = await trio.to_thread.run_sync(reader.read, off, size, abandon_on_cancel=True)
+            if scope.cancelled_caught:
+                raise errors.ReferenceChanged("a referenced file did not answer in time")
+            return data
+        return await trio.to_thread.run_sync(reader.read, off, size)
 
     @fuse_handler
     async def write(self, fh, off, buf):
         if fh >= CTL_FH_BASE:
             return await self._write_ctl(fh, buf)
-        async with self.mutation():
-            h = self.vfs.handle(fh)
-            if not h.on_scratch:
+        vfs = self.vfs
+        async with self.gate():
+            h = vfs.handle(fh)
+            if h.node.scratch is None:
                 await self._copy_up(h.node, truncate=False)
-            return self.vfs.write(h, off, buf)
+            return vfs.write(h, off, buf)
 
     async def flush(self, fh):
         # Data is made durable by fsync and commit, not close: answering ENOSYS once
@@ -420,41 +541,86 @@ class Operations(pyfuse3.Operations):
 
     @fuse_handler
     async def fsync(self, fh, datasync):
-        if fh >= CTL_FH_BASE:
+        if fh >= CTL_FH_BASE or self.ro:
             return
-        h = self.vfs.handle(fh)
-        if h.on_scratch:
-            await trio.to_thread.run_sync(os.fsync, h.fd)
-        if not self.ro:
-            await trio.to_thread.run_sync(self.vfs.store.meta.durable)
+        vfs = self.vfs
+        h = vfs.handle(fh)
+        n = h.node
+        if n.scratch is not None:
+            await trio.to_thread.run_sync(n.scratch.fsync)
+            if not n.scratch_dir_synced:
+                await trio.to_thread.run_sync(vfs.draft.sync_scratch_dir)
+                n.scratch_dir_synced = True
+        await self._durable()
 
+    async def _durable(self) -> None:
+        """Every change so far on disk, then delete the scratch files those changes replaced."""
+        await trio.to_thread.run_sync(self.vfs.store.meta.durable)
+        await trio.to_thread.run_sync(self.vfs.draft.flush_dead)
+
+    @fuse_handler
     async def fsyncdir(self, fh, datasync):
         if not self.ro:
-            await trio.to_thread.run_sync(self.vfs.store.meta.durable)
+            await self._durable()
 
     @fuse_handler
     async def statfs(self, ctx):
-        st = os.statvfs(self.vfs.store.path)
+        st = await trio.to_thread.run_sync(os.statvfs, self.vfs.store.path)
         s = pyfuse3.StatvfsData()
         for k in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree", "f_favail"):
             setattr(s, k, getattr(st, k))
         s.f_namemax = 255
         return s
 
-    # -- xattrs are not versioned.  ENOSYS once makes the kernel stop asking (no round
-    # trip per `ls -l` entry) and answer EOPNOTSUPP itself; a version's mount is
-    # read-only, so the kernel refuses setxattr there with EROFS before we see it.
+    # -- xattrs ----------------------------------------------------------------------
+    @fuse_handler
     async def getxattr(self, inode, name, ctx):
-        raise pyfuse3.FUSEError(errno.ENOSYS)
+        if self._is_ctl(inode):
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        for k, v in self.vfs.xattrs(inode):
+            if k == name:
+                return v
+        raise pyfuse3.FUSEError(errno.ENODATA)
 
+    @fuse_handler
     async def listxattr(self, inode, ctx):
-        raise pyfuse3.FUSEError(errno.ENOSYS)
+        if self._is_ctl(inode):
+            return []
+        return [k for k, _ in self.vfs.xattrs(inode)]
 
+    @fuse_handler
     async def setxattr(self, inode, name, value, ctx):
-        raise pyfuse3.FUSEError(errno.EROFS if self.ro else errno.ENOSYS)
+        if self.ro:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if self._is_ctl(inode):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        await self._set_xattrs(inode, lambda cur: {**cur, bytes(name): bytes(value)})
 
+    @fuse_handler
     async def removexattr(self, inode, name, ctx):
-        raise pyfuse3.FUSEError(errno.EROFS if self.ro else errno.ENOSYS)
+        if self.ro:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if self._is_ctl(inode):
+            raise pyfuse3.FUSEError(errno.EPERM)
+
+        def drop(cur):
+            if name not in cur:
+                raise pyfuse3.FUSEError(errno.ENODATA)
+            return {k: v for k, v in cur.items() if k != name}
+
+        await self._set_xattrs(inode, drop)
+
+    async def _set_xattrs(self, inode, change) -> None:
+        from ..storage.format import xattr_tuple
+
+        vfs = self.vfs
+        async with self.gate(), self.mutex:
+            n = vfs.node(inode)
+            new = xattr_tuple(change(dict(vfs.entry(n).xattrs)))
+            ch = vfs.plan_setattr(n, xattrs=new)
+            if ch is not None:
+                await self._persist(ch)
+                vfs.apply(ch)
 
     # -- the control files --------------------------------------------------------------
     def _open_ctl(self, inode: int, flags: int, status: str | None = None) -> pyfuse3.FileInfo:
@@ -479,7 +645,7 @@ class Operations(pyfuse3.Operations):
         if name == b"commit":
             if self.ro:
                 return ""
-            out = vfs.draft.outcome
+            out = self.last_error or vfs.draft.outcome
             return out + "\n" if out else ""
         if name == b"finish":
             return self.collab.finish_outcome() if self.collab else ""
@@ -490,6 +656,7 @@ class Operations(pyfuse3.Operations):
         name = CTL_NAMES[inode]
         message = bytes(buf).decode("utf-8", "replace").strip() or None
         try:
+            self.last_error = ""
             if name == b"commit":
                 await self.commit(message)
             elif name == b"finish" and self.collab is not None:
@@ -500,6 +667,7 @@ class Operations(pyfuse3.Operations):
             raise
         except (errors.ArtfsError, OSError) as exc:
             log.error("%s failed: %s", name.decode(), exc)
+            self.last_error = f"error: {exc}"
             raise pyfuse3.FUSEError(errno_of(exc)) from None
         except Exception:
             log.exception("%s failed", name.decode())
@@ -507,22 +675,65 @@ class Operations(pyfuse3.Operations):
         return len(buf)
 
     async def exclusive(self, fn, *args):
-        """Run fn(*args) in a worker thread with every mutation held back.  The caller may
+        """Run fn(*args) in a worker thread with every change held back.  The caller may
         update in-memory state right after it returns, before its next await, still alone."""
-        async with self.commit_lock:
-            await self.gate.close()
-            try:
+        await self.gate.close()
+        try:
+            async with self.mutex:
                 return await trio.to_thread.run_sync(fn, *args)
-            finally:
-                self.gate.open()
+        finally:
+            self.gate.open()
 
     async def commit(self, message: str | None) -> str:
         if self.collab is not None:
             return await self.collab.upsert(self, message)
-        d = self.vfs.draft
-        num, unchanged, adopted = await self.exclusive(d.commit_durable, message)
-        # no checkpoint between the gate opening and these two: no mutation can come in between
-        d.commit_finish(adopted)
-        self.vfs.after_commit()
-        log.info("committed %s:v%d%s", d.artifact, num, " (unchanged)" if unchanged else "")
+        vfs = self.vfs
+        d = vfs.draft
+        await self.gate.close()
+        try:
+            async with self.mutex:
+                old_base = d.base_root
+                result = await trio.to_thread.run_sync(repo.commit_draft, vfs.store, d, message)
+                await trio.to_thread.run_sync(repo.finish_commit, d, result)
+                await self.after_commit(old_base if result.rebased_from is not None else None)
+        finally:
+            self.gate.open()
+        log.info("committed %s", d.outcome)
         return d.outcome
+
+    async def after_commit(self, merged_from: bytes | None) -> None:
+        """Handles of committed files go back to stored content; after a merge with newer
+        versions, the kernel forgets what changed underneath."""
+        vfs = self.vfs
+        for n in vfs.after_commit():
+            e = vfs.entry(n)
+            for h in list(n.handles):
+                await trio.to_thread.run_sync(vfs.open_stored_blocking, h, e)
+        if merged_from is not None:
+            await self._invalidate_changes(merged_from)
+
+    async def _invalidate_changes(self, old_base: bytes | None) -> None:
+        from ..repo.diff import diff_items, tree_children
+
+        vfs = self.vfs
+        ch = tree_children(vfs.store)
+        changes = await trio.to_thread.run_sync(diff_items, ch, old_base, ch, vfs.draft.base_root)
+        by_path = {}
+        for node in list(vfs.nodes.values()):
+            try:
+                by_path[vfs.path(node)] = node.ino
+            except errors.NotFound:
+                continue
+        for _, path in changes:
+            parent = by_path.get(path[:-1])
+            if parent is not None:
+                try:
+                    pyfuse3.invalidate_entry_async(parent, path[-1])
+                except Exception:  # the kernel may already have dropped it
+                    log.debug("invalidate %r", path, exc_info=True)
+            ino = by_path.get(path)
+            if ino is not None:
+                try:
+                    pyfuse3.invalidate_inode(ino, attr_only=False)
+                except Exception:
+                    log.debug("invalidate inode %d", ino, exc_info=True)

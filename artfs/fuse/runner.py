@@ -18,7 +18,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from .. import repo, runs
+from .. import repo
+from ..repo import runs
 from ..errors import ArtfsError, BadInput
 from ..refs import check_artifact_name, parse_ref
 from .cli_mount import read_ready
@@ -93,9 +94,10 @@ def _fork_mount(store_path: str, b: Binding, group: str | None, run_id: str, log
                 except OSError:
                     pass
 
-            # With a group, each run is its own writer of the collaborative version, so its
-            # outputs get a draft of their own: parallel runs of one group do not collide.
-            key = f"run:{run_id}:{b.name}" if b.output and group else None
+            # each run's outputs get a draft of their own: a failed run's draft is kept (listed
+            # by `artfs drafts`) and never leaks into the next run; parallel runs of a group
+            # are separate writers of the collaborative version
+            key = f"run:{run_id}:{b.name}" if b.output else None
             code = serve(store_path, b.ref, b.dir, foreground=False, distributed_id=group if b.output else None,
                          draft_key=key,
                          ready=ready)
@@ -183,7 +185,7 @@ def run(store, ins: list[str], outs: list[str], cmd: list[str], group: str | Non
         for b in bindings:
             if not b.output:
                 num = int(b.ref.rsplit(":v", 1)[1])
-                store.meta.run_used(run_id, b.name, num)
+                runs.used(store, run_id, b.name, num)
         env = dict(os.environ, ARTFS_RUN_ID=run_id)
         if group:
             env["ARTFS_GROUP"] = group
@@ -205,14 +207,14 @@ def run(store, ins: list[str], outs: list[str], cmd: list[str], group: str | Non
         elif rc < 0:
             rc, outcome = 128 - rc, "killed"
         elif rc == 0:
-            outcome = "finished"
             for b in bindings:
                 if b.output:
                     echo(_commit_output(store, run_id, b, group, message))
+            outcome = "finished"  # only once every output is committed: a failed commit keeps the drafts
         else:
-            kept = (f"this run's drafts ({', '.join(f'run:{run_id}:{b.name}' for b in bindings if b.output)}) keep"
-                    if group else "the drafts keep")
-            echo(f"artfs: command exited with status {rc}; nothing committed ({kept} what it wrote)", err=True)
+            kept = ", ".join(f"run:{run_id}:{b.name}" for b in bindings if b.output)
+            echo(f"artfs: command exited with status {rc}; nothing committed"
+                 + (f" (this run's drafts {kept} keep what it wrote)" if kept else ""), err=True)
     except KeyboardInterrupt:
         rc, outcome = 128 + (interrupted[0] if interrupted else signal.SIGINT), "killed"
     except ArtfsError as exc:
@@ -222,11 +224,11 @@ def run(store, ins: list[str], outs: list[str], cmd: list[str], group: str | Non
         phase[0] = "ending"
         for b in bindings:
             _unmount(b)
-        if group and outcome == "finished":
+        if outcome == "finished":
             for b in bindings:
                 if b.output:
-                    _discard_run_draft(store, run_id, b.name)  # its changes are in the pending version now
-        store.meta.run_end(run_id, outcome, rc)
+                    _discard_run_draft(store, run_id, b.name)  # its changes are in a version now
+        runs.end(store, run_id, outcome, rc)
         for s, h in old.items():
             signal.signal(s, h)
     echo(f"run {run_id}")
@@ -238,17 +240,15 @@ def _commit_output(store, run_id: str, b: Binding, group: str | None, message: s
 
     out = commit(b.dir, message)
     if group:
-        store.meta.run_upserted(run_id, b.name, group)
+        runs.upserted(store, run_id, b.name, group)
         return out
     ref = out.split(" ", 1)[0]
     v = repo.resolve(store, ref)
-    store.meta.run_produced(run_id, v.artifact, v.num, "committed", v.created)
+    runs.produced(store, run_id, v.artifact, v.num, "committed", v.created)
     return out
 
 
 def _discard_run_draft(store, run_id: str, name: str) -> None:
-    from ..draft import Draft
-
-    row = store.meta.draft(f"run:{run_id}:{name}")
-    if row is not None:
-        Draft(store, row).discard()
+    d = repo.find_draft(store, f"run:{run_id}:{name}")
+    if d is not None:
+        d.discard()

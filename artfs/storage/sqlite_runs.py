@@ -1,4 +1,4 @@
-"""Metadata of runs and lineage: part of the metadata store (mixed into SqliteMeta).
+"""Runs and lineage in the SQLite metadata store (mixed into SqliteMeta).
 
 A run row is written when the run starts and updated when it ends.  Uses
 (``run_inputs``) and products (``run_outputs``; ``run_upserts`` for

@@ -20,9 +20,9 @@ import socket
 import sys
 import time
 
-from . import repo
-from .errors import NotFound
-from .proc import alive
+from . import versions as repo
+from ..errors import NotFound
+from ..proc import alive
 
 
 def new_id() -> str:
@@ -42,6 +42,42 @@ def start(store, job_type: str | None = None, group: str | None = None, name: st
         "host": socket.gethostname(), "user": user, "pid": os.getpid(), "started": time.time(),
     })
     return run_id
+
+
+def end(store, run_id: str, outcome: str, exit_status: int | None) -> None:
+    store.meta.run_end(run_id, outcome, exit_status)
+
+
+def used(store, run_id: str, artifact: str, num: int) -> None:
+    store.meta.run_used(run_id, artifact, num)
+
+
+def produced(store, run_id: str, artifact: str, num: int, how: str, created: float) -> bool:
+    return store.meta.run_produced(run_id, artifact, num, how, created)
+
+
+def upserted(store, run_id: str, artifact: str, did: str) -> None:
+    store.meta.run_upserted(run_id, artifact, did)
+
+
+def inputs(store, run_id: str) -> list[dict]:
+    return store.meta.run_inputs(run_id)
+
+
+def outputs(store, run_id: str) -> list[dict]:
+    return store.meta.run_outputs(run_id)
+
+
+def producers(store, artifact: str, num: int) -> list[dict]:
+    return store.meta.version_producers(artifact, num)
+
+
+def consumers(store, artifact: str, num: int) -> list[dict]:
+    return store.meta.version_consumers(artifact, num)
+
+
+def recent(store, limit: int | None = None) -> list[dict]:
+    return store.meta.runs(limit)
 
 
 def state(row: dict) -> str:

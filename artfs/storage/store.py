@@ -1,35 +1,37 @@
-"""A store: where it is, and the object and metadata stores inside it.
+"""A store: its object store, its metadata store, and its local state.
 
-Layout of the embedded default store::
+Layout of the embedded default store (every directory 0700, every file 0600)::
 
-    STORE/artfs-store        marker (format version)
-    STORE/meta.sqlite        metadata (meta.py)
-    STORE/objects/ STORE/tmp/   content-addressed objects (objects.py)
-    STORE/drafts/<id>/       scratch files of drafts (copied-up / new files)
+    STORE/artfs-store        marker (format line)
+    STORE/meta.sqlite        metadata (sqlite_meta.py)
+    STORE/objects/ STORE/tmp/   content-addressed objects (local_objects.py)
+    STORE/drafts/<uuid>/     scratch files of drafts (named by a uuid: never reused)
+    STORE/locks/             one lock file per draft (a mount holds it), kept apart
+                             from the data so deleting a draft's files cannot free it
     STORE/logs/              mount daemon logs
     STORE/gc.lock, gc.turn   see :meth:`Store.writing` and :meth:`Store.collecting`
 
 The gc rule: a writer holds a shared ``flock`` on ``gc.lock`` from before it
-writes or reuses its first object until the metadata row that references
-them is committed; ``gc`` holds it exclusively for its whole mark and sweep.
-So gc never sees an object that a writer is about to reference but has not
-yet recorded.
+writes its first object until the metadata row that references them is
+committed; ``gc`` holds it exclusively for its whole mark and sweep.  So gc never
+sees an object that a writer is about to reference but has not yet recorded.
 """
 from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 
-from . import treefmt
-from .errors import StoreMissing
-from .meta import SqliteMeta
-from .objects import ObjectStore
+from ..errors import BadInput, StoreMissing
+from . import format as fmt
+from .local_objects import LocalObjectStore
+from .sqlite_meta import SqliteMeta
 
 MARKER = "artfs-store"
-STORE_FORMAT = "artfs store 1\n"
+STORE_FORMAT = "artfs store 2\n"
 
 
 def default_store_path() -> str:
@@ -40,32 +42,52 @@ def default_store_path() -> str:
     return os.path.join(base, "artfs")
 
 
+def _private_dir(path: str) -> None:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path)
+    if stat.S_IMODE(st.st_mode) & 0o077 and st.st_uid == os.geteuid():
+        os.chmod(path, 0o700)
+
+
 class Store:
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
-        self.objects = ObjectStore(self.path)
+        self.objects = LocalObjectStore(self.path)
         self.meta = SqliteMeta(os.path.join(self.path, "meta.sqlite"))
         self._trees: OrderedDict[bytes, list | dict] = OrderedDict()
         self._tree_cache_entries = 0
         self.tree_cache_limit = 400_000  # decoded entries kept (about 150 MB at most)
-        self._tree_lock = threading.Lock()  # the cache is shared by FUSE worker threads
+        self._tree_lock = threading.Lock()  # the cache is shared by worker threads
 
     # -- opening -------------------------------------------------------------
     @classmethod
     def init(cls, path: str | None = None) -> "Store":
+        """Create a store (idempotent).  A non-empty directory that is not a store is refused;
+        an existing directory gets private modes (0700), since the store holds names and data."""
         path = os.path.abspath(path or default_store_path())
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        if os.path.isdir(path) and os.listdir(path) and not os.path.exists(os.path.join(path, MARKER)):
+            raise BadInput(f"{path} is not empty and not an artfs store; give a new or empty directory")
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise BadInput(f"{path} exists and is not a directory")
+        _private_dir(path)
         s = cls(path)
         s.objects.create()
-        for d in ("drafts", "logs"):
-            os.makedirs(os.path.join(path, d), mode=0o700, exist_ok=True)
+        for d in ("drafts", "logs", "locks"):
+            _private_dir(os.path.join(path, d))
         s.meta.create()
-        with s.writing():  # gc's rule holds for this object too
-            s.objects.put_bytes(treefmt.EMPTY_TREE)
+        s.meta.check_schema()
+        with s.writing(), s.objects.batch() as b:  # gc's rule holds for this object too
+            b.put_bytes(fmt.EMPTY_TREE)
         marker = os.path.join(path, MARKER)
         if not os.path.exists(marker):
-            with open(marker, "w") as f:
-                f.write(STORE_FORMAT)
+            fd = os.open(marker + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, STORE_FORMAT.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(marker + ".tmp", marker)
+            s.objects.durability.barrier(dirs=[path])
         return s
 
     @classmethod
@@ -75,7 +97,12 @@ class Store:
         path = os.path.abspath(path or default_store_path())
         if not os.path.exists(os.path.join(path, MARKER)):
             raise StoreMissing(f"no artfs store at {path}; create it with: artfs --store {path} init")
-        return cls(path)
+        s = cls(path)
+        for d in ("locks",):  # added after the first store format
+            if not os.path.isdir(os.path.join(path, d)):
+                _private_dir(os.path.join(path, d))
+        s.meta.check_schema()
+        return s
 
     # -- trees ---------------------------------------------------------------
     def tree(self, digest: bytes) -> list:
@@ -85,7 +112,7 @@ class Store:
             if hit is not None:
                 self._trees.move_to_end(digest)
                 return hit
-        entries = treefmt.decode_tree(self.objects.get_bytes(digest.hex()))
+        entries = fmt.decode_tree(self.objects.get(digest))
         self._cache(digest, entries)
         return entries
 
@@ -111,26 +138,24 @@ class Store:
             self._cache(key, hit)
         return hit
 
-    def write_tree(self, entries) -> tuple[bytes, bytes]:
-        """Store a directory; returns (tree digest, identity)."""
-        data = treefmt.encode_tree(entries)
-        hexd = self.objects.put_bytes(data)
-        return bytes.fromhex(hexd), treefmt.tree_identity(entries)
-
-    def write_dir(self, name: bytes, entries, mode: int, uid: int, gid: int, mtime_ns: int) -> treefmt.Entry:
-        """Store a directory; returns its DIR entry, with the file count and byte total of
-        everything below (so a version's counts follow from its root)."""
+    @staticmethod
+    def write_dir(batch, meta: fmt.Entry, entries) -> fmt.Entry:
+        """Store a directory in ``batch``; returns ``meta`` (the directory's own entry) as a DIR
+        entry naming the tree, with the file count and byte total of everything below."""
         ents = list(entries)
-        tree, ident = self.write_tree(ents)
-        counted = (treefmt.FILE, treefmt.REF)
-        nfiles = sum(x.nfiles if x.kind == treefmt.DIR else int(x.kind in counted) for x in ents)
-        nbytes = sum(x.size for x in ents if x.kind == treefmt.DIR or x.kind in counted)
-        return treefmt.Entry(name, treefmt.DIR, mode, uid, gid, nbytes, mtime_ns, digest=tree, ident=ident,
-                             nfiles=nfiles)
+        tree = batch.put_bytes(fmt.encode_tree(ents))
+        counted = (fmt.FILE, fmt.REF)
+        nfiles = sum(x.nfiles if x.kind == fmt.DIR else int(x.kind in counted) for x in ents)
+        nbytes = sum(x.size for x in ents if x.kind == fmt.DIR or x.kind in counted)
+        return meta.with_(kind=fmt.DIR, digest=tree, ident=fmt.tree_identity(ents), nfiles=nfiles, size=nbytes,
+                          dir_id=None, scratch=None, link=None, nlink=1, ctime_ns=0, chunks=None, hlid=None)
 
-    # -- paths ---------------------------------------------------------------
-    def draft_dir(self, draft_id: int) -> str:
-        return os.path.join(self.path, "drafts", str(draft_id))
+    # -- local state -----------------------------------------------------------
+    def scratch_dir(self, scratch: str) -> str:
+        return os.path.join(self.path, "drafts", scratch)
+
+    def draft_lock_path(self, scratch: str) -> str:
+        return os.path.join(self.path, "locks", f"draft-{scratch}.lock")
 
     def log_dir(self) -> str:
         return os.path.join(self.path, "logs")
@@ -138,7 +163,7 @@ class Store:
     # -- the gc lock ---------------------------------------------------------
     @contextmanager
     def _flock(self, how, name: str = "gc.lock"):
-        fd = os.open(os.path.join(self.path, name), os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(os.path.join(self.path, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, how)
             yield

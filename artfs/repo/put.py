@@ -1,0 +1,241 @@
+"""``put``: a version from a local directory, without FUSE.
+
+The source may be changing, and may be writable by other users while root
+reads it.  So the scan is a plain lstat walk (iterative, any depth) that
+records what each name is, and every regular file is then opened without
+following any symlink (openat2 RESOLVE_NO_SYMLINKS / O_NOFOLLOW) and without
+blocking, and must still be the same device, inode and type the scan saw --
+otherwise the put stops naming the file.  What is stored is the copy that was
+hashed, never a second read of the source.  FIFOs, sockets and devices are
+recorded as special files and never opened; hard links inside the tree are
+kept as groups; xattrs, atime and the root directory's own metadata are
+recorded.
+
+Files whose (device, inode, size, mtime, ctime) match the stat cache are not
+read again (the cache is written only once the version exists).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from ..errors import BadInput, NoSpace
+from ..names import quote
+from ..refs import check_artifact_name
+from ..storage import format as fmt
+from ..storage.format import DIR, FILE, SYMLINK, Entry
+from ..storage.hashing import digest as blake
+from ..storage.meta import ANY
+from .commit import create_version
+from .content import open_nofollow
+from .versions import CONTROL_DIR, VersionInfo, version
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _err(full: bytes, exc: OSError) -> BadInput:
+    return BadInput(f"cannot read {quote(full)}: {exc.strerror}")
+
+
+def read_xattrs(target, follow: bool = False) -> tuple:
+    """((name, value), ...) of a path or descriptor; names the caller may not read are skipped."""
+    try:
+        names = os.listxattr(target, follow_symlinks=follow) if not isinstance(target, int) else os.listxattr(target)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.ENOENT):
+            return ()
+        raise
+    out = []
+    for n in names:
+        try:
+            v = os.getxattr(target, n, follow_symlinks=follow) if not isinstance(target, int) else os.getxattr(target, n)
+        except OSError as exc:
+            if exc.errno in (errno.ENODATA, errno.EPERM, errno.EACCES, errno.ENOTSUP):
+                continue
+            raise
+        out.append((os.fsencode(n), v))
+    return fmt.xattr_tuple(out)
+
+
+def scan(src: bytes):
+    """Yield (rel path tuple, lstat, full path bytes) for everything below ``src`` (iterative,
+    any depth; unordered: see :func:`_scan_sorted`)."""
+    stack = [((), src)]
+    while stack:
+        prefix, path = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                ents = list(it)
+        except OSError as exc:
+            raise _err(path, exc) from None
+        for d in ents:
+            try:
+                st = d.stat(follow_symlinks=False)
+            except OSError as exc:
+                raise _err(d.path, exc) from None
+            p = prefix + (d.name,)
+            yield p, st, d.path
+            if stat.S_ISDIR(st.st_mode):
+                stack.append((p, d.path))
+
+
+def _scan_sorted(src: bytes):
+    """Scanned items in sorted depth-first order (a directory before what it holds)."""
+    items = list(scan(src))
+    items.sort(key=lambda t: t[0])
+    return items
+
+
+def _hlid(st) -> bytes:
+    return blake(b"artfs-put-hlid\0" + st.st_dev.to_bytes(8, "little") + st.st_ino.to_bytes(8, "little"))[:fmt.HLID_LEN]
+
+
+def _stat_key(st) -> str:
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def build_tree_from_dir(store, batch, src: str, progress=None, cache_before: float | None = None,
+                        reject_control: bool = True, cache_rows: list | None = None) -> tuple[Entry, dict]:
+    """Store a local directory's files and trees in ``batch``; returns (its DIR entry, link table).
+
+    With ``cache_rows``, files not yet in the stat cache are appended to it as rows for
+    ``meta.filecache_put``, for the caller to record once the version exists."""
+    root = os.fsencode(os.path.realpath(src))
+    if progress:
+        progress.phase("scanning")
+    items = _scan_sorted(root)
+    if reject_control and any(p == (CONTROL_DIR,) for p, _, _ in items):
+        raise BadInput(f"{quote(os.path.join(root, CONTROL_DIR))}: the name .artfs is reserved")
+    files = [(p, st, full) for p, st, full in items if stat.S_ISREG(st.st_mode)]
+    cache = store.meta.filecache_get([full for _, _, full in files])
+    known: dict[bytes, tuple] = {}
+    maybe = {}
+    for p, st, full in files:
+        c = cache.get(full)
+        if c and c[0] == _stat_key(st):
+            d, _, ch = c[1].partition(":")
+            maybe[full] = (bytes.fromhex(d), bytes.fromhex(ch) if ch else None)
+    present = store.objects.has({x for pair in maybe.values() for x in pair if x is not None})
+    todo = []
+    for p, st, full in files:
+        m = maybe.get(full)
+        if (m is not None and present.get(m[0]) == st.st_size
+                and (m[1] is None) == (st.st_size <= fmt.CHUNK) and (m[1] is None or m[1] in present)):
+            known[full] = (m[0], st.st_size, m[1])
+        else:
+            todo.append((st, full))
+    if progress:
+        progress.phase("hashing")
+        progress.total(len(todo), sum(st.st_size for st, _ in todo))
+
+    def store_one(job):
+        st, full = job
+        try:
+            fd = open_nofollow(full)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise BadInput(f"{quote(full)} became a symlink while it was read") from None
+            raise _err(full, exc) from None
+        try:
+            now = os.fstat(fd)
+            if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                raise BadInput(f"{quote(full)} was replaced while it was read")
+            try:
+                d, n, chunks = batch.put_fd(fd)
+            except NoSpace:
+                raise
+            except OSError as exc:
+                if exc.errno in _FULL:
+                    raise NoSpace(f"no space left in the store at {store.path} ({exc.strerror})") from None
+                raise _err(full, exc) from None
+            x = read_xattrs(fd)
+        finally:
+            os.close(fd)
+        if progress:
+            progress.advance(1, n)
+        return full, (d, n, chunks, x)
+
+    xattrs_of: dict[bytes, tuple] = {}
+    with ThreadPoolExecutor(min(8, (os.cpu_count() or 2) * 2)) as pool:
+        for full, (d, n, chunks, x) in pool.map(store_one, todo):
+            known[full] = (d, n, chunks)
+            xattrs_of[full] = x
+
+    # hard-link groups: (dev, ino) seen more than once inside the tree
+    seen: dict[tuple, int] = {}
+    for p, st, full in items:
+        if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+            seen[(st.st_dev, st.st_ino)] = seen.get((st.st_dev, st.st_ino), 0) + 1
+    links: dict[bytes, list] = {}
+
+    dirs: dict[tuple, list[Entry]] = {(): []}
+    order = []
+    for p, st, full in items:
+        mode = stat.S_IMODE(st.st_mode)
+        common = dict(name=p[-1], mode=mode, uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
+                      atime_ns=st.st_atime_ns)
+        if stat.S_ISDIR(st.st_mode):
+            dirs[p] = []
+            order.append((p, st, full))
+            continue
+        hlid = None
+        if seen.get((st.st_dev, st.st_ino), 0) > 1:
+            hlid = _hlid(st)
+            links.setdefault(hlid, []).append(p)
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                target = os.readlink(full)
+            except OSError as exc:
+                raise _err(full, exc) from None
+            e = Entry(kind=SYMLINK, size=len(target), target=target, xattrs=read_xattrs(full), hlid=hlid, **common)
+        elif stat.S_ISREG(st.st_mode):
+            d, n, chunks = known[full]
+            x = xattrs_of[full] if full in xattrs_of else read_xattrs(full)
+            e = Entry(kind=FILE, size=n, digest=d, chunks=chunks, xattrs=x, hlid=hlid, **common)
+        else:
+            kind = fmt.KIND_OF_FMT.get(stat.S_IFMT(st.st_mode))
+            if kind is None:
+                raise BadInput(f"unsupported file type: {quote(full)}")
+            e = Entry(kind=kind, rdev=st.st_rdev if kind in (fmt.CHR, fmt.BLK) else 0, xattrs=read_xattrs(full),
+                      hlid=hlid, **common)
+        dirs[p[:-1]].append(e)
+    for p, st, full in reversed(order):  # deepest first
+        ents = dirs.pop(p)
+        meta = Entry(p[-1], DIR, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, 0, st.st_mtime_ns, st.st_atime_ns,
+                     xattrs=read_xattrs(full))
+        dirs[p[:-1]].append(store.write_dir(batch, meta, ents))
+    st = os.stat(root)
+    meta = Entry(b"", DIR, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, 0, st.st_mtime_ns, st.st_atime_ns,
+                 xattrs=read_xattrs(root, follow=True))
+    rootent = store.write_dir(batch, meta, dirs[()])
+    if cache_rows is not None and cache_before is not None:
+        fresh = {full for _, full in todo}
+        for p, st, full in files:
+            if full in fresh and st.st_mtime_ns / 1e9 < cache_before and st.st_ctime_ns / 1e9 < cache_before:
+                d, _, chunks = known[full]
+                cache_rows.append((full, _stat_key(st), d.hex() + (":" + chunks.hex() if chunks else "")))
+    return rootent, links
+
+
+def put_dir(store, name: str, src: str, type_: str | None = None, message: str | None = None,
+            metadata: dict | None = None, description: str | None = None, progress=None) -> tuple[VersionInfo, bool]:
+    """A new version whose content is exactly ``src``; ``(version, unchanged)``."""
+    check_artifact_name(name)
+    if not os.path.isdir(src):
+        raise BadInput(f"not a directory: {src}")
+    start = time.time()
+    cache_rows: list = []
+    with store.writing():
+        with store.objects.batch() as b:
+            root, links = build_tree_from_dir(store, b, src, progress=progress, cache_before=start - 2,
+                                              cache_rows=cache_rows)
+            if progress:
+                progress.phase("syncing")
+        num, unchanged, _ = create_version(store, name, type_, root, links, base=None, expected=ANY, message=message,
+                                           metadata=metadata, how="single", description=description)
+    # only once the version exists: a cached digest is then one a version reaches
+    store.meta.filecache_put(cache_rows)
+    return version(store, name, num), unchanged

@@ -1,0 +1,477 @@
+"""The embedded ``MetaStore``: SQLite in WAL mode, one machine.
+
+Concurrency: one connection per thread (``threading.local``), WAL journal,
+``isolation_level=None`` and an explicit ``BEGIN IMMEDIATE`` for every
+read-modify-write, with a long busy timeout: many processes committing at once
+queue on the write lock instead of failing with "database is locked".  Callers
+in the FUSE daemon run every method in a worker thread, so a lock held by
+another process never stalls the trio loop.
+
+Durability: ``synchronous=NORMAL`` (a commit is atomic but reaches the disk at
+the next sync), so draft edits cost no fsync each -- like a local disk, they
+are durable after the program's ``fsync``, which calls :meth:`durable`.
+Transactions whose outcome a caller acts on pass ``durable=True`` and are
+synced before the method returns (DESIGN.md §5, invariant 3).
+
+Rows are plain dicts; digests are lowercase hex text.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+
+from ..errors import Conflict, NoSpace, NotFound, SchemaMismatch, Stale
+from .meta import ANY, MetaStore
+from .sqlite_pending import PENDING_SCHEMA, PendingMeta
+from .sqlite_runs import RUNS_SCHEMA, RunsMeta
+
+SCHEMA_VERSION = 2
+BUSY_TIMEOUT_MS = 120_000
+SQLITE_FULL = 13
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS info(key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS artifacts(
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL, type TEXT NOT NULL,
+    description TEXT, created REAL NOT NULL, next_num INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS versions(
+    artifact_id INTEGER NOT NULL, num INTEGER NOT NULL, root TEXT NOT NULL,
+    ident TEXT NOT NULL, parent INTEGER, created REAL NOT NULL, message TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}', file_count INTEGER NOT NULL,
+    total_bytes INTEGER NOT NULL, how TEXT NOT NULL, root_meta BLOB, links TEXT,
+    PRIMARY KEY(artifact_id, num));
+CREATE TABLE IF NOT EXISTS aliases(
+    artifact_id INTEGER NOT NULL, alias TEXT NOT NULL, num INTEGER NOT NULL,
+    PRIMARY KEY(artifact_id, alias));
+CREATE TABLE IF NOT EXISTS drafts(
+    id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT UNIQUE NOT NULL, artifact TEXT NOT NULL,
+    type TEXT NOT NULL, parent INTEGER, base_root TEXT, base_links TEXT,
+    links_adopted INTEGER NOT NULL DEFAULT 0, scratch TEXT NOT NULL, created REAL NOT NULL,
+    updated REAL NOT NULL, next_ino INTEGER NOT NULL DEFAULT 16, outcome TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS draft_dirs(
+    draft_id INTEGER NOT NULL, dir_id INTEGER NOT NULL, base TEXT,
+    PRIMARY KEY(draft_id, dir_id));
+CREATE TABLE IF NOT EXISTS draft_entries(
+    draft_id INTEGER NOT NULL, dir_id INTEGER NOT NULL, name BLOB NOT NULL,
+    rec BLOB NOT NULL, PRIMARY KEY(draft_id, dir_id, name));
+CREATE TABLE IF NOT EXISTS draft_inodes(
+    draft_id INTEGER NOT NULL, ino INTEGER NOT NULL, rec BLOB NOT NULL,
+    PRIMARY KEY(draft_id, ino));
+CREATE TABLE IF NOT EXISTS draft_pins(
+    draft_id INTEGER NOT NULL, dir_id INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL,
+    PRIMARY KEY(draft_id, dir_id, name));
+CREATE TABLE IF NOT EXISTS statcache(path BLOB PRIMARY KEY, stat TEXT NOT NULL, digest TEXT NOT NULL);
+"""
+
+
+def _rows(cur) -> list[dict]:
+    return [dict(r) for r in cur]
+
+
+class SqliteMeta(PendingMeta, RunsMeta, MetaStore):
+    def __init__(self, path: str):
+        self.path = path
+        self._local = threading.local()
+
+    # -- connection ----------------------------------------------------------
+    @property
+    def db(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            fresh = not os.path.exists(self.path)
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                                   check_same_thread=False)
+            if fresh:
+                try:
+                    os.chmod(self.path, 0o600)
+                except OSError:
+                    pass
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self._wal(conn)
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+            self._local.pid = os.getpid()
+        return conn
+
+    @staticmethod
+    def _wal(conn: sqlite3.Connection) -> None:
+        """Switch to WAL once per database (it persists in the file).  The switch needs an
+        exclusive lock and SQLite does not wait for it with the busy handler, so processes
+        creating one store together retry here instead of failing with "database is locked"."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)  # the lock holder gives no event to wait on; SQLite's own busy loop does the same
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    @contextmanager
+    def tx(self, durable: bool = False):
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error); yields the connection.
+        A full disk becomes NoSpace with nothing changed."""
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL or "disk is full" in str(exc):
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise NoSpace(f"no space left for the store's database {self.path}") from None
+            raise
+        if durable:
+            self.durable()
+
+    def durable(self) -> None:
+        """Every committed transaction on disk: fsync the WAL (and, once, its directory entry)."""
+        for p in (self.path + "-wal", self.path):
+            try:
+                fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if not getattr(self._local, "dir_synced", False):
+            fd = os.open(os.path.dirname(self.path), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._local.dir_synced = True
+
+    # -- schema -----------------------------------------------------------------
+    def create(self) -> None:
+        with self.tx(durable=True) as db:
+            have = db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='info'").fetchone()
+            if have and db.execute("SELECT value FROM info WHERE key='schema'").fetchone():
+                return
+            for script in (SCHEMA, PENDING_SCHEMA, RUNS_SCHEMA):
+                for stmt in script.split(";"):
+                    if stmt.strip():
+                        db.execute(stmt)
+            db.execute("INSERT OR REPLACE INTO info VALUES('schema', ?)", (str(SCHEMA_VERSION),))
+
+    def check_schema(self) -> None:
+        try:
+            row = self.db.execute("SELECT value FROM info WHERE key='schema'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise SchemaMismatch(f"{self.path} is not an artfs metadata database ({exc})") from None
+        have = int(row["value"]) if row else 0
+        if have == SCHEMA_VERSION:
+            return
+        if have == 1:
+            self._migrate_1()
+            return
+        if have > SCHEMA_VERSION:
+            raise SchemaMismatch(f"this store was made by a newer artfs (schema {have}; this artfs knows "
+                                 f"{SCHEMA_VERSION}): upgrade artfs")
+        raise SchemaMismatch(f"{self.path}: unknown schema {have}")
+
+    def _migrate_1(self) -> None:
+        """artfs 0.1 -> 2: versions gain root metadata and link tables, artifacts a version
+        counter; drafts and pending versions were recorded differently and are not migrated."""
+        with self.tx(durable=True) as db:
+            if db.execute("SELECT value FROM info WHERE key='schema'").fetchone()["value"] != "1":
+                return  # another process migrated meanwhile
+            busy = db.execute("SELECT COUNT(*) FROM drafts").fetchone()[0] + db.execute(
+                "SELECT COUNT(*) FROM pending WHERE finished IS NULL").fetchone()[0]
+            if busy:
+                raise SchemaMismatch("this store was made by artfs 0.1 and still has drafts or pending versions: "
+                                     "commit or discard them with artfs 0.1, then open it with this version")
+            db.execute("ALTER TABLE versions ADD COLUMN root_meta BLOB")
+            db.execute("ALTER TABLE versions ADD COLUMN links TEXT")
+            db.execute("ALTER TABLE artifacts ADD COLUMN next_num INTEGER NOT NULL DEFAULT 0")
+            db.execute("UPDATE artifacts SET next_num=(SELECT COALESCE(MAX(num)+1, 0) FROM versions v"
+                       " WHERE v.artifact_id=artifacts.id)")
+            for t in ("drafts", "draft_dirs", "draft_entries", "pending", "pending_rows", "pending_writers",
+                      "filecache"):
+                db.execute(f"DROP TABLE IF EXISTS {t}")
+            for script in (SCHEMA, PENDING_SCHEMA):
+                for stmt in script.split(";"):
+                    if stmt.strip():
+                        db.execute(stmt)
+            db.execute("UPDATE info SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
+
+    # -- artifacts -----------------------------------------------------------
+    def artifact(self, name: str) -> dict | None:
+        row = self.db.execute("SELECT * FROM artifacts WHERE name=?", (name,)).fetchone()
+        return dict(row) if row else None
+
+    def artifacts(self) -> list[dict]:
+        return _rows(self.db.execute("SELECT * FROM artifacts ORDER BY name"))
+
+    def _ensure_artifact(self, db, name: str, type_: str | None, description: str | None = None) -> int:
+        row = db.execute("SELECT id, type FROM artifacts WHERE name=?", (name,)).fetchone()
+        if row is None:
+            cur = db.execute("INSERT INTO artifacts(name, type, description, created) VALUES(?,?,?,?)",
+                             (name, type_ or "dataset", description, time.time()))
+            return cur.lastrowid
+        if type_ is not None and row["type"] != type_:
+            raise Conflict(f"{name} is a {row['type']}, not a {type_}")
+        if description is not None:
+            db.execute("UPDATE artifacts SET description=? WHERE id=?", (description, row["id"]))
+        return row["id"]
+
+    def ensure_artifact(self, name: str, type_: str | None, description: str | None = None) -> dict:
+        with self.tx() as db:
+            self._ensure_artifact(db, name, type_, description)
+        return self.artifact(name)
+
+    # -- versions -------------------------------------------------------------
+    @staticmethod
+    def _version(row, name: str) -> dict:
+        d = dict(row)
+        d["artifact"] = name
+        try:
+            d["metadata"] = json.loads(d["metadata"] or "{}")
+        except ValueError as exc:
+            d["metadata"], d["metadata_error"] = {}, f"not JSON ({exc})"
+        if d.get("root_meta") is not None:
+            d["root_meta"] = bytes(d["root_meta"])
+        return d
+
+    def version(self, name: str, num: int) -> dict | None:
+        row = self.db.execute(
+            "SELECT v.* FROM versions v JOIN artifacts a ON a.id=v.artifact_id WHERE a.name=? AND v.num=?",
+            (name, num)).fetchone()
+        return self._version(row, name) if row else None
+
+    def versions(self, name: str) -> list[dict]:
+        rows = self.db.execute(
+            "SELECT v.* FROM versions v JOIN artifacts a ON a.id=v.artifact_id WHERE a.name=? ORDER BY v.num DESC",
+            (name,))
+        return [self._version(r, name) for r in rows]
+
+    def all_versions(self) -> list[dict]:
+        out = []
+        for r in self.db.execute("SELECT v.*, a.name AS aname FROM versions v JOIN artifacts a"
+                                 " ON a.id=v.artifact_id ORDER BY a.name, v.num"):
+            d = dict(r)
+            out.append(self._version(d, d.pop("aname")))
+        return out
+
+    def create_version(self, name, type_, *, root, ident, root_meta, links, expected, parent, message, metadata,
+                       file_count, total_bytes, how, description=None, draft_reset=None, seal=None):
+        meta_json = json.dumps(metadata or {}, sort_keys=True)
+        with self.tx(durable=True) as db:
+            aid = self._ensure_artifact(db, name, type_, description)
+            r = db.execute("SELECT num FROM aliases WHERE artifact_id=? AND alias='latest'", (aid,)).fetchone()
+            latest = r["num"] if r else None
+            if expected != ANY and expected != latest:
+                raise Stale(f"{name} moved on to v{latest} meanwhile", latest)
+            if seal is not None:
+                self._check_seal(db, seal)
+            unchanged = False
+            if latest is not None:
+                r = db.execute("SELECT ident FROM versions WHERE artifact_id=? AND num=?", (aid, latest)).fetchone()
+                unchanged = r is not None and r["ident"] == ident
+            if unchanged:
+                num = latest
+            else:
+                num = db.execute("UPDATE artifacts SET next_num=next_num+1 WHERE id=? RETURNING next_num-1 AS n",
+                                 (aid,)).fetchone()["n"]
+                db.execute(
+                    "INSERT INTO versions(artifact_id, num, root, ident, parent, created, message, metadata,"
+                    " file_count, total_bytes, how, root_meta, links) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (aid, num, root, ident, latest if parent is None else parent, time.time(), message, meta_json,
+                     file_count, total_bytes, how, root_meta, links))
+                db.execute("INSERT OR REPLACE INTO aliases VALUES(?, 'latest', ?)", (aid, num))
+            if seal is not None:
+                self._seal_in(db, seal, num)
+            if draft_reset is not None:
+                v = db.execute("SELECT root, links FROM versions WHERE artifact_id=? AND num=?", (aid, num)).fetchone()
+                outcome = draft_reset.get("outcome") or f"{name}:v{num}" + (" (unchanged)" if unchanged else "")
+                self._reset_draft_in(db, draft_reset["id"], num, v["root"], draft_reset["root_rec"], v["links"],
+                                     outcome.replace("{num}", str(num)))
+        return num, unchanged
+
+    # -- aliases --------------------------------------------------------------
+    def alias(self, name: str, alias: str) -> int | None:
+        r = self.db.execute("SELECT al.num FROM aliases al JOIN artifacts a ON a.id=al.artifact_id"
+                            " WHERE a.name=? AND al.alias=?", (name, alias)).fetchone()
+        return r["num"] if r else None
+
+    def aliases(self, name: str) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        for r in self.db.execute("SELECT al.alias, al.num FROM aliases al JOIN artifacts a ON a.id=al.artifact_id"
+                                 " WHERE a.name=? ORDER BY al.alias", (name,)):
+            out.setdefault(r["num"], []).append(r["alias"])
+        return out
+
+    def set_alias(self, name: str, alias: str, num: int) -> None:
+        with self.tx(durable=True) as db:
+            a = db.execute("SELECT id FROM artifacts WHERE name=?", (name,)).fetchone()
+            if a is None:
+                raise NotFound(f"no artifact {name!r}")
+            if db.execute("SELECT 1 FROM versions WHERE artifact_id=? AND num=?", (a["id"], num)).fetchone() is None:
+                raise NotFound(f"{name} has no v{num}")
+            db.execute("INSERT OR REPLACE INTO aliases VALUES(?,?,?)", (a["id"], alias, num))
+
+    def delete_alias(self, name: str, alias: str) -> bool:
+        with self.tx(durable=True) as db:
+            cur = db.execute("DELETE FROM aliases WHERE alias=? AND artifact_id=(SELECT id FROM artifacts WHERE name=?)",
+                             (alias, name))
+            return cur.rowcount > 0
+
+    # -- drafts ---------------------------------------------------------------
+    def draft(self, key: str) -> dict | None:
+        r = self.db.execute("SELECT * FROM drafts WHERE key=?", (key,)).fetchone()
+        return dict(r) if r else None
+
+    def draft_by_id(self, draft_id: int) -> dict | None:
+        r = self.db.execute("SELECT * FROM drafts WHERE id=?", (draft_id,)).fetchone()
+        return dict(r) if r else None
+
+    def drafts(self) -> list[dict]:
+        return _rows(self.db.execute("SELECT * FROM drafts ORDER BY id"))
+
+    def create_draft(self, key, artifact, type_, parent, base_root, root_rec, base_links) -> dict:
+        import uuid
+
+        with self.tx(durable=True) as db:
+            r = db.execute("SELECT * FROM drafts WHERE key=?", (key,)).fetchone()
+            if r is not None:
+                return dict(r)
+            now = time.time()
+            cur = db.execute(
+                "INSERT INTO drafts(key, artifact, type, parent, base_root, base_links, links_adopted, scratch,"
+                " created, updated) VALUES(?,?,?,?,?,?,?,?,?,?)",
+                (key, artifact, type_, parent, base_root, base_links, 0 if base_links else 1, uuid.uuid4().hex,
+                 now, now))
+            did = cur.lastrowid
+            db.execute("INSERT INTO draft_dirs VALUES(?, 1, ?)", (did, base_root))
+            db.execute("INSERT INTO draft_entries VALUES(?, 0, ?, ?)", (did, b"", root_rec))
+        return self.draft(key)
+
+    def draft_state(self, draft_id: int) -> dict:
+        db = self.db
+        return {
+            "dirs": {r["dir_id"]: r["base"] for r in db.execute(
+                "SELECT dir_id, base FROM draft_dirs WHERE draft_id=?", (draft_id,))},
+            "entries": [(r["dir_id"], bytes(r["name"]), bytes(r["rec"])) for r in db.execute(
+                "SELECT dir_id, name, rec FROM draft_entries WHERE draft_id=?", (draft_id,))],
+            "inodes": {r["ino"]: bytes(r["rec"]) for r in db.execute(
+                "SELECT ino, rec FROM draft_inodes WHERE draft_id=?", (draft_id,))},
+            "pins": {(r["dir_id"], bytes(r["name"])): r["ino"] for r in db.execute(
+                "SELECT dir_id, name, ino FROM draft_pins WHERE draft_id=?", (draft_id,))},
+        }
+
+    def draft_apply(self, draft_id, ops, next_ino=None, links_adopted=None) -> None:
+        with self.tx() as db:
+            self._draft_apply(db, draft_id, ops)
+            if next_ino is not None:
+                db.execute("UPDATE drafts SET next_ino=MAX(next_ino, ?) WHERE id=?", (next_ino, draft_id))
+            if links_adopted is not None:
+                db.execute("UPDATE drafts SET links_adopted=? WHERE id=?", (int(links_adopted), draft_id))
+            db.execute("UPDATE drafts SET updated=? WHERE id=?", (time.time(), draft_id))
+
+    @staticmethod
+    def _draft_apply(db, draft_id, ops) -> None:
+        for op in ops:
+            kind = op[0]
+            if kind == "ent":
+                if op[3] is None:
+                    db.execute("DELETE FROM draft_entries WHERE draft_id=? AND dir_id=? AND name=?",
+                               (draft_id, op[1], op[2]))
+                else:
+                    db.execute("INSERT OR REPLACE INTO draft_entries VALUES(?,?,?,?)", (draft_id, op[1], op[2], op[3]))
+            elif kind == "dir":
+                db.execute("INSERT OR REPLACE INTO draft_dirs VALUES(?,?,?)", (draft_id, op[1], op[2]))
+            elif kind == "deldir":
+                db.execute("DELETE FROM draft_dirs WHERE draft_id=? AND dir_id=?", (draft_id, op[1]))
+                db.execute("DELETE FROM draft_entries WHERE draft_id=? AND dir_id=?", (draft_id, op[1]))
+            elif kind == "ino":
+                if op[2] is None:
+                    db.execute("DELETE FROM draft_inodes WHERE draft_id=? AND ino=?", (draft_id, op[1]))
+                else:
+                    db.execute("INSERT OR REPLACE INTO draft_inodes VALUES(?,?,?)", (draft_id, op[1], op[2]))
+            elif kind == "pin":
+                if op[3] is None:
+                    db.execute("DELETE FROM draft_pins WHERE draft_id=? AND dir_id=? AND name=?",
+                               (draft_id, op[1], op[2]))
+                else:
+                    db.execute("INSERT OR REPLACE INTO draft_pins VALUES(?,?,?,?)", (draft_id, op[1], op[2], op[3]))
+            else:
+                raise ValueError(f"unknown draft op {kind!r}")
+
+    def _reset_draft_in(self, db, draft_id: int, parent: int | None, base_root: str | None, root_rec: bytes | None,
+                        links: str | None, outcome: str) -> None:
+        """Inside a transaction: make the draft clean on top of a new parent (pins stay:
+        inode numbers outlive commits)."""
+        keep_root = db.execute("SELECT rec FROM draft_entries WHERE draft_id=? AND dir_id=0", (draft_id,)).fetchone()
+        for t in ("draft_entries", "draft_dirs", "draft_inodes"):
+            db.execute(f"DELETE FROM {t} WHERE draft_id=?", (draft_id,))
+        db.execute("INSERT INTO draft_dirs VALUES(?, 1, ?)", (draft_id, base_root))
+        rec = root_rec if root_rec is not None else (bytes(keep_root["rec"]) if keep_root else None)
+        if rec is not None:
+            db.execute("INSERT INTO draft_entries VALUES(?, 0, ?, ?)", (draft_id, b"", rec))
+        db.execute("UPDATE drafts SET parent=?, base_root=?, base_links=?, links_adopted=?, outcome=?, updated=?"
+                   " WHERE id=?", (parent, base_root, links, 0 if links else 1, outcome, time.time(), draft_id))
+
+    def reset_draft(self, draft_id: int, parent: int | None, base_root: str | None, root_rec: bytes | None,
+                    links: str | None, outcome: str) -> None:
+        with self.tx(durable=True) as db:
+            self._reset_draft_in(db, draft_id, parent, base_root, root_rec, links, outcome)
+
+    def set_draft_outcome(self, draft_id: int, outcome: str) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE drafts SET outcome=? WHERE id=?", (outcome, draft_id))
+
+    def delete_draft(self, draft_id: int) -> None:
+        with self.tx(durable=True) as db:
+            for t in ("draft_entries", "draft_dirs", "draft_inodes", "draft_pins"):
+                db.execute(f"DELETE FROM {t} WHERE draft_id=?", (draft_id,))
+            db.execute("DELETE FROM drafts WHERE id=?", (draft_id,))
+
+    def all_draft_recs(self):
+        db = self.db
+        bases = [(r["draft_id"], r["base"]) for r in db.execute("SELECT draft_id, base FROM draft_dirs")]
+        bases += [(r["id"], r["base_root"]) for r in db.execute("SELECT id, base_root FROM drafts")]
+        recs = [(r["draft_id"], bytes(r["rec"])) for r in db.execute("SELECT draft_id, rec FROM draft_entries")]
+        recs += [(r["draft_id"], bytes(r["rec"])) for r in db.execute("SELECT draft_id, rec FROM draft_inodes")]
+        return bases, recs
+
+    def draft_links(self) -> list[tuple[int, str]]:
+        """(draft id, link-table digest) of drafts whose parent has hard links (gc keeps them)."""
+        return [(r["id"], r["base_links"]) for r in self.db.execute(
+            "SELECT id, base_links FROM drafts WHERE base_links IS NOT NULL")]
+
+    # -- put's stat cache (path -> stat -> digest) ------------------------------
+    def filecache_get(self, paths: list[bytes]) -> dict[bytes, tuple[str, str]]:
+        """{path: (stat key, digest hex)} for the paths the cache knows."""
+        out = {}
+        db = self.db
+        for i in range(0, len(paths), 500):
+            chunk = paths[i:i + 500]
+            q = "SELECT path, stat, digest FROM statcache WHERE path IN (%s)" % ",".join("?" * len(chunk))
+            for r in db.execute(q, chunk):
+                out[bytes(r["path"])] = (r["stat"], r["digest"])
+        return out
+
+    def filecache_put(self, rows: list[tuple[bytes, str, str]]) -> None:
+        if not rows:
+            return
+        with self.tx() as db:
+            db.executemany("INSERT OR REPLACE INTO statcache VALUES(?,?,?)", rows)
