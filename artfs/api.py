@@ -45,13 +45,16 @@ def _text_arg(value, what: str) -> str:
     return value
 
 
-def _parts(name) -> tuple:
-    """A path inside an artifact: relative, no '..', no empty or trailing component."""
+def _parts(name, file: bool = False) -> tuple:
+    """A path inside an artifact: relative, no '..' or empty component; ``file``: no trailing
+    slash either (it would name a directory)."""
     if not isinstance(name, (str, bytes)):
         raise BadInput(f"a path must be text, got {type(name).__name__}")
     raw = name.encode("utf-8", "surrogateescape") if isinstance(name, str) else name
     if raw.startswith(b"/"):
         raise BadInput(f"{name!r}: paths inside an artifact are relative")
+    if file and raw.endswith(b"/"):
+        raise BadInput(f"{name!r} names a directory (trailing slash), not a file")
     parts = fmt.split_path(raw, allow_root=False)
     if parts[0] == repo.CONTROL_DIR:
         raise BadInput("the name .artfs is reserved")
@@ -104,8 +107,8 @@ class Version:
         return [fmt.join_path(p) for p, e in repo.walk(self._store, self._info.root) if e.kind in (FILE, REF)]
 
     def entry(self, path: str) -> Entry:
-        parts = _parts(path)
-        return repo.lookup(self._store, self._info, b"/".join(parts))
+        _parts(path)  # relative, not the root
+        return repo.lookup(self._store, self._info, path)
 
     def open(self, path: str) -> "VersionFile":
         """A seekable, streaming binary file object of one file; every byte read is verified."""
@@ -232,7 +235,7 @@ class Artifact:
 
     def add_file(self, local_path, name: str | None = None) -> None:
         local_path = _local_path(local_path, "local_path")
-        parts = _parts(os.path.basename(local_path) if name is None else name)
+        parts = _parts(os.path.basename(local_path) if name is None else name, file=True)
         if not os.path.isfile(local_path):
             raise BadInput(f"not a file: {local_path}")
         self._put_file(parts, local_path)
@@ -266,7 +269,7 @@ class Artifact:
     def add_reference(self, uri: str, name: str | None = None) -> None:
         """Record a file:/// reference: digest and size, not a copy."""
         p = repo.uri_path(_text_arg(uri, "uri"))
-        parts = _parts(os.path.basename(p) if name is None else name)
+        parts = _parts(os.path.basename(p) if name is None else name, file=True)
         d, size, chunks, st = repo.hash_reference(uri)
         chunks_d = None
         with self._store.writing():
@@ -281,6 +284,9 @@ class Artifact:
         parts = _parts(item)
         if self._draft is None and self._parent is None:
             raise NotFound(f"no {item} in this draft of {self.name}")
+        e = self.draft.lookup(parts)
+        if e is not None and fmt.names_dir(item) and e.kind != DIR:
+            raise BadInput(f"{item!r} is not a directory")
         try:
             self.draft.remove(parts)
         except NotFound:
@@ -312,7 +318,8 @@ class Artifact:
             _text_arg(message, "message")
         d = self.draft
         with repo.lock_draft(self._store, d):
-            result = repo.commit_draft(self._store, d, message, self.metadata, description=self.description)
+            result = repo.commit_draft(self._store, d, message, self.metadata, description=self.description,
+                                       replace=self._parent is None)
             repo.finish_commit(d, result)
             d.discard()
         self._draft = None

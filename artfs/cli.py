@@ -390,7 +390,7 @@ def log(env: Env, name: str, as_json: bool):
     s = env.store()
     check_artifact_name(name)
     aliases = repo.aliases(s, name)
-    versions = repo.versions(s, name)
+    versions = repo.list_versions(s, name)
     if as_json:
         rows = [_version_json(v, aliases.get(v.num, [])) for v in versions]
         rows += [{"pending": p["distributed_id"], "artifact": name, "parent": p["parent"], "files": p["files"],

@@ -60,6 +60,10 @@ class Conflict(ArtfsError):
     forbids the act (EBUSY in a mount)."""
 
 
+class Busy(Conflict):
+    """Someone else holds what this needs for a while (a finish in progress); retry later."""
+
+
 class Finished(Conflict):
     """A collaborative version that was already sealed."""
 

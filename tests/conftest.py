@@ -11,7 +11,7 @@ import os
 import pytest
 
 from artfs import repo
-from artfs.store import Store
+from artfs.storage.store import Store
 
 
 def assert_fsck_clean(store: Store) -> None:

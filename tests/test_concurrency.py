@@ -16,7 +16,7 @@ import time
 import pytest
 
 from artfs import repo
-from artfs.store import Store
+from artfs.storage.store import Store
 
 WORKERS = 6
 EACH = 4
@@ -79,7 +79,7 @@ def check_dense(store: Store, name: str, expect: int) -> list[dict]:
 
 PUT_WORKER = """
 from artfs import repo
-from artfs.store import Store
+from artfs.storage.store import Store
 s = Store.open(store_path)
 for i in range(n):
     src = os.path.join(os.getcwd(), f"src-{wid}-{i}")
@@ -115,18 +115,27 @@ def test_concurrent_puts_get_dense_distinct_numbers(store_path, store, tmp_path)
 
 API_WORKER = """
 import artfs
+conflicts = []
 for i in range(n):
     name = f"f-{wid}-{i}.txt"
     with open(name, "w") as f:
         f.write(f"{wid}:{i}")
-    if i == 0:
-        a = artfs.Artifact("api-art", store=store_path, metadata={"w": wid})
-        a.add_file(name)
-    else:
-        # an incremental draft from whatever is latest right now
-        a = artfs.use_artifact("api-art:latest", store=store_path).new_draft()
-        a.add_file(name, name=f"w{wid}/{name}")
-    v = a.save()
+    while True:
+        if i == 0:
+            a = artfs.Artifact("api-art", store=store_path, metadata={"w": wid})
+            a.add_file(name)
+        else:
+            # an incremental draft from whatever is latest right now
+            a = artfs.use_artifact("api-art:latest", store=store_path).new_draft()
+            a.add_file(name, name=f"w{wid}/{name}")
+        try:
+            v = a.save()
+            break
+        except artfs.Conflict:
+            # a whole new version (i == 0 of another worker) removed what this draft changes:
+            # the lost-update rule refuses; start again from the new latest
+            a.discard()
+            conflicts.append(i)
     out.append([v.version, v.unchanged])
 print(json.dumps(out))
 """
@@ -148,7 +157,7 @@ def test_concurrent_api_saves(store_path, store, tmp_path):
 
 SAME_WORKER = """
 from artfs import repo
-from artfs.store import Store
+from artfs.storage.store import Store
 s = Store.open(store_path)
 src = os.path.join(os.getcwd(), f"copy-{wid}")  # its own copy: same content, other mtimes and inodes
 os.makedirs(os.path.join(src, "d"))
@@ -171,7 +180,7 @@ def test_concurrent_identical_puts_make_one_version(store_path, store, tmp_path)
 
 INIT_WORKER = """
 from artfs import repo
-from artfs.store import Store
+from artfs.storage.store import Store
 s = Store.init(store_path)  # every worker creates the store at once
 src = os.path.join(os.getcwd(), f"init-{wid}")
 os.makedirs(src)
@@ -194,7 +203,7 @@ def test_concurrent_store_creation(tmp_path, fsck_clean):
 
 GC_WORKER = """
 from artfs import repo
-from artfs.store import Store
+from artfs.storage.store import Store
 s = Store.open(store_path)
 if wid == 0:
     # the collector: runs while the others write; must never delete what they are about to use

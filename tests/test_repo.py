@@ -11,11 +11,12 @@ import textwrap
 import blake3
 import pytest
 
-from artfs import repo, treefmt
+from artfs import repo
+from artfs.storage import format as treefmt
 from artfs.errors import BadInput, Corrupt, NotFound
 from artfs.objects import ObjectStore
-from artfs.store import Store
-from artfs.treefmt import DIR, FILE, SYMLINK
+from artfs.storage.store import Store
+from artfs.storage.format import DIR, FILE, SYMLINK
 
 T0 = 1_600_000_000_123_456_789  # an mtime with nanoseconds
 

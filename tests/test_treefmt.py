@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from artfs import treefmt as t
+from artfs.storage import format as t
 from artfs.errors import BadInput, Corrupt
-from artfs.treefmt import DIR, FILE, REF, SYMLINK, Entry
+from artfs.storage.format import DIR, FILE, REF, SYMLINK, Entry
 
 H = blake3.blake3(b"hello").digest()
 

@@ -35,8 +35,14 @@ def mount(store, ref_text: str, mnt: str, foreground=False, allow_other=False, d
     """Mount ``ref_text`` at ``mnt``; returns once it is serving (or raises with the reason)."""
     from .. import repo
 
-    ref = parse_ref(ref_text)
-    if not ref.draft:
+    if repo.is_draft_key(ref_text):
+        repo.draft_by_key(store, ref_text)  # a draft by key (`artfs drafts` lists them)
+        ref = None
+    else:
+        ref = parse_ref(ref_text)
+    if ref is None:
+        pass
+    elif not ref.draft:
         repo.resolve(store, ref)  # unknown refs fail here, on the user's terminal
     elif distributed_id is None:
         from ..refs import check_artifact_name

@@ -35,6 +35,8 @@ log = logging.getLogger("artfs.fuse")
 
 def build_ops(store: Store, ref_text: str, distributed_id: str | None = None, draft_key: str | None = None,
               type_: str | None = None) -> Operations:
+    if repo.is_draft_key(ref_text):  # a draft named by its key (a run's outputs, an API draft)
+        draft_key, ref_text = ref_text, f"{repo.draft_by_key(store, ref_text).artifact}:draft"
     ref = parse_ref(ref_text)
     if ref.draft:
         draft = repo.open_draft(store, ref.name, key=draft_key, type_=type_)

@@ -24,6 +24,8 @@ import os
 import re
 import time
 
+from ..errors import Busy
+
 import msgpack
 
 from ..errors import BadInput, NotFound
@@ -31,7 +33,10 @@ from ..names import quote
 from ..storage import format as fmt
 from ..storage.format import DIR, Entry
 from . import versions as V
+from ..storage.meta import ANY
 from .commit import collect_links, create_version
+
+FINISH_WAIT = 900.0  # seconds an upsert or finish waits for another process's finish to end
 from .diff import diff_items, tree_children
 
 DID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,255}")
@@ -94,10 +99,27 @@ def upsert(store, draft, did: str, writer: str, label: str) -> tuple[dict, dict]
         with store.objects.batch() as b:
             root, _, done = draft.build(b)
         rows = contribution(store, draft.base_root, root)
-        p = store.meta.upsert_rows(draft.artifact, draft.type, did, draft.parent,
-                                   draft.base_root.hex() if draft.base_root else None, writer, label, rows)
+        p = _waiting(lambda: store.meta.upsert_rows(draft.artifact, draft.type, did, draft.parent,
+                                                    draft.base_root.hex() if draft.base_root else None, writer,
+                                                    label, rows))
     p["contributed"] = len(rows)
     return p, done
+
+
+def _waiting(fn):
+    """Run ``fn``; while another process finishes the pending version, wait for it to end (then
+    an upsert learns "already finished as NAME:vN", or goes ahead if that finish failed)."""
+    deadline = time.monotonic() + FINISH_WAIT
+    delay = 0.01
+    while True:
+        try:
+            return fn()
+        except Busy:
+            if time.monotonic() > deadline:
+                raise
+            # the other finish is in another process: the metadata store is the only place to look
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
 
 
 def apply_rows(store, batch, base: Entry | None, rows) -> Entry:
@@ -165,7 +187,7 @@ def finish(store, artifact: str, did: str, message: str | None = None, metadata:
     """Seal the pending version as the next version (merged onto latest if latest moved since it
     began); later upserts/finishes with ``did`` fail with "already finished"."""
     did = distributed_id(did)
-    p = store.meta.begin_finish(artifact, did)
+    p = _waiting(lambda: store.meta.begin_finish(artifact, did))
     try:
         base = V.version(store, artifact, p["parent"]) if p["parent"] is not None else None
         with store.writing():
@@ -173,8 +195,11 @@ def finish(store, artifact: str, did: str, message: str | None = None, metadata:
                 root = apply_rows(store, b, base.root_entry() if base else None, p["rows"])
             links = collect_links(store, root) if any(fmt.decode_rec(r) and fmt.decode_rec(r).hlid
                                                       for _, _, r in p["rows"]) or (base and base.links) else {}
+            # a pending version from scratch (fresh Artifacts, W&B style) is the whole new version,
+            # like put; one made from a parent version is merged onto newer versions
             num, unchanged, _ = create_version(
-                store, artifact, p["type"], root, links, base=base, expected=p["parent"], message=message,
+                store, artifact, p["type"], root, links, base=base,
+                expected=p["parent"] if p["parent"] is not None else ANY, message=message,
                 metadata=metadata, how="collaborative", seal={"pending_id": p["id"], "generation": p["generation"]})
     except BaseException:
         store.meta.end_finish(p["id"])

@@ -156,17 +156,19 @@ def create_version(store, artifact: str, type_: str | None, root: Entry, links: 
 
 
 def commit_draft(store, draft, message: str | None = None, metadata: dict | None = None,
-                 description: str | None = None, progress=None) -> CommitResult:
+                 description: str | None = None, progress=None, replace: bool = False) -> CommitResult:
     """The durable half of a commit; changes nothing in the draft's memory (safe in a worker
-    thread while others read it).  The caller then calls ``finish_commit``."""
+    thread while others read it).  The caller then calls ``finish_commit``.  ``replace``: the
+    draft's content is the whole new version, whatever latest is meanwhile (W&B's new
+    ``Artifact``, like ``put``), instead of changes merged onto latest."""
     base = V.version(store, draft.artifact, draft.parent) if draft.parent is not None else None
     how = "incremental" if draft.parent is not None else "single"
     with store.writing():
         with store.objects.batch() as b:
             root, links, done = draft.build(b, progress)
         num, unchanged, rebased = create_version(
-            store, draft.artifact, draft.type, root, links, base=base, expected=draft.parent, message=message,
-            metadata=metadata, how=how, description=description, draft_id=draft.id)
+            store, draft.artifact, draft.type, root, links, base=base, expected=ANY if replace else draft.parent,
+            message=message, metadata=metadata, how=how, description=description, draft_id=draft.id)
     return CommitResult(num, unchanged, done, rebased)
 
 

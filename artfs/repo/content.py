@@ -41,18 +41,29 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
-def open_nofollow(path: str) -> int:
+def open_nofollow(path, noatime: bool = False) -> int:
     """Open a file for reading without following any symlink on the way, without blocking on
-    a FIFO or device.  OSError as open(2) would raise (ELOOP for a symlink)."""
+    a FIFO or device.  OSError as open(2) would raise (ELOOP for a symlink).  ``noatime``:
+    leave its atime alone where the caller may (owner or root), as backup tools do."""
+    if noatime:
+        try:
+            return open_nofollow(path) if not hasattr(os, "O_NOATIME") else _open_nofollow(path, os.O_NOATIME)
+        except PermissionError:
+            pass
+    return _open_nofollow(path, 0)
+
+
+def _open_nofollow(path, extra: int) -> int:
     global _openat2_missing
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY | extra
     if not _openat2_missing:
         how = _OpenHow(flags, 0, RESOLVE_NO_SYMLINKS)
         fd = _libc.syscall(_SYS_OPENAT2, -100, os.fsencode(path), ctypes.byref(how), ctypes.sizeof(how))
         if fd >= 0:
             return fd
         e = ctypes.get_errno()
-        if e not in (errno.ENOSYS, errno.EPERM):  # EPERM: a seccomp filter that does not know openat2
+        if e not in (errno.ENOSYS, errno.EPERM) or (e == errno.EPERM and extra):
+            # EPERM: O_NOATIME on someone else's file, or a seccomp filter that does not know openat2
             raise OSError(e, os.strerror(e), path)
         _openat2_missing = True
     return os.open(path, flags)
@@ -81,7 +92,7 @@ def open_reference(uri: str, size: int | None = None) -> int:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise ReferenceChanged(f"reference {uri} is not a regular file")
+        raise ReferenceChanged(f"reference {uri} is unreadable: not a regular file")
     if size is not None and st.st_size != size:
         os.close(fd)
         raise ReferenceChanged(f"reference {uri} changed since it was recorded (size {st.st_size}, was {size})")
@@ -156,7 +167,8 @@ class ContentReader:
 
     def _fail(self, why: str):
         if self.is_ref:
-            raise ReferenceChanged(f"reference {self.entry.uri} {why}")
+            raise ReferenceChanged(f"reference {self.entry.uri} "
+                                   + ("changed since it was recorded" if "corrupt" in why else why))
         raise Corrupt(f"object {self.entry.digest.hex()} {why}")
 
     def _expected(self, i: int) -> bytes:
@@ -183,7 +195,7 @@ class ContentReader:
             else:
                 d, n, chunks = hash_fd(fd)
             if d != e.digest or n != self.size:
-                self._fail("does not match its digest")
+                self._fail("is corrupt")
             pieces = fmt.decode_chunks(chunks, self.size)
         with _chunk_lock:
             _chunk_lists[key] = pieces
@@ -207,7 +219,7 @@ class ContentReader:
     def piece(self, i: int) -> bytes:
         """Piece ``i`` (CHUNK bytes, shorter at the end), verified."""
         ck = (self.key, i)
-        hit = _pieces.get(ck)
+        hit = None if self.is_ref else _pieces.get(ck)  # a reference may change: check it every time
         if hit is not None:
             return hit
         want = min(CHUNK, self.size - i * CHUNK)
@@ -216,8 +228,9 @@ class ContentReader:
         except OSError as exc:
             self._fail(f"is unreadable: {exc.strerror}")
         if len(data) != want or blake(data) != self._expected(i):
-            self._fail("does not match its digest" if len(data) == want else "is shorter than recorded")
-        _pieces.put(ck, data)
+            self._fail("is corrupt" if len(data) == want else "is shorter than recorded (corrupt)")
+        if not self.is_ref:
+            _pieces.put(ck, data)
         return data
 
     def read(self, off: int, size: int) -> bytes:
@@ -245,7 +258,7 @@ class ContentReader:
 
     def _check_empty(self) -> None:
         if self.raw.pread(0, 1) or blake(b"") != self.entry.digest:
-            self._fail("does not match its digest")
+            self._fail("is corrupt")
 
     def close(self) -> None:
         self.raw.close()
@@ -276,7 +289,10 @@ def read_all(store, e: Entry) -> bytes:
 
 def hash_reference(uri: str) -> tuple[bytes, int, bytes | None, os.stat_result]:
     """(digest, size, chunk list, stat) of a referenced file, read with pread (no mmap)."""
-    fd = open_reference(uri)
+    try:
+        fd = open_reference(uri)
+    except ReferenceChanged as exc:
+        raise BadInput(f"cannot read {uri}: {str(exc).split(': ', 1)[-1]}") from None
     try:
         st = os.fstat(fd)
         d, n, chunks = hash_fd(fd, st.st_size)

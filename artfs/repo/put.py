@@ -134,7 +134,7 @@ def build_tree_from_dir(store, batch, src: str, progress=None, cache_before: flo
     def store_one(job):
         st, full = job
         try:
-            fd = open_nofollow(full)
+            fd = open_nofollow(full, noatime=True)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise BadInput(f"{quote(full)} became a symlink while it was read") from None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import BadInput, Corrupt, NotFound
+from ..errors import BadInput, Corrupt, NotADirectory, NotFound
 from ..names import quote
 from ..refs import Ref, check_alias, check_artifact_name, parse_ref
 from ..storage import format as fmt
@@ -157,6 +157,8 @@ def lookup(store: Store, v: VersionInfo, path: "str | bytes") -> Entry:
         e = store.tree_map(e.digest).get(comp)
         if e is None:
             raise NotFound(f"no {quote(b'/'.join(parts[:i + 1]))} in {v.ref}")
+    if fmt.names_dir(path) and e.kind != DIR:
+        raise NotADirectory(f"{quote(path)} in {v.ref} is not a directory")
     return e
 
 

@@ -42,6 +42,22 @@ def open_draft(store, name: str, key: str | None = None, type_: str | None = Non
     return Draft.open(store, key, name, t, parent)
 
 
+DRAFT_KEY_PREFIXES = ("run:", "api:")
+
+
+def is_draft_key(text: str) -> bool:
+    """Whether a reference names a draft by its key (``run:ID:NAME``, ``api:...``), as
+    ``artfs drafts`` lists them (kept for inspection, mountable)."""
+    return isinstance(text, str) and text.startswith(DRAFT_KEY_PREFIXES)
+
+
+def draft_by_key(store, key: str) -> Draft:
+    d = find_draft(store, key)
+    if d is None:
+        raise NotFound(f"no draft {quote(key)}; `artfs drafts` lists them")
+    return d
+
+
 def find_draft(store, key: str) -> Draft | None:
     row = store.meta.draft(key)
     return Draft(store, row) if row is not None else None

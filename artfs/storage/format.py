@@ -106,7 +106,8 @@ def check_name(name: bytes) -> bytes:
 
 def split_path(path: "str | bytes", allow_root: bool = True) -> tuple[bytes, ...]:
     """'a/b/c' -> (b'a', b'b', b'c').  Leading slashes are ignored (paths are relative to a
-    version's root); a trailing slash, an empty component, '.' or '..' are refused."""
+    version's root) and one trailing slash is allowed (it names a directory: see
+    :func:`names_dir`); an empty component, '.' or '..' are refused."""
     if isinstance(path, str):
         path = path.encode("utf-8", "surrogateescape")
     if not isinstance(path, bytes):
@@ -114,16 +115,21 @@ def split_path(path: "str | bytes", allow_root: bool = True) -> tuple[bytes, ...
     if b"\0" in path:
         raise BadInput(f"path contains NUL: {path!r}")
     body = path.lstrip(b"/")
+    if body.endswith(b"/"):
+        body = body[:-1]
     if not body:
         if not allow_root:
             raise BadInput(f"empty path {path!r}")
         return ()
-    if body.endswith(b"/"):
-        raise BadInput(f"trailing slash in {path!r}")
     parts = tuple(body.split(b"/"))
     for p in parts:
         check_name(p)
     return parts
+
+
+def names_dir(path: "str | bytes") -> bool:
+    """Whether a path ends with '/' (so it must name a directory, as for the kernel)."""
+    return (path.endswith("/") if isinstance(path, str) else path.endswith(b"/")) and bool(path.strip("/" if isinstance(path, str) else b"/"))
 
 
 def join_path(parts) -> str:

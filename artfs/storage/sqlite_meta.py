@@ -123,8 +123,11 @@ class SqliteMeta(PendingMeta, RunsMeta, MetaStore):
     @contextmanager
     def tx(self, durable: bool = False):
         """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error); yields the connection.
+        ``durable``: the commit itself is synced (synchronous=FULL for this transaction).
         A full disk becomes NoSpace with nothing changed."""
         db = self.db
+        if durable:
+            db.execute("PRAGMA synchronous=FULL")
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -139,27 +142,15 @@ class SqliteMeta(PendingMeta, RunsMeta, MetaStore):
                     db.execute("ROLLBACK")
                 raise NoSpace(f"no space left for the store's database {self.path}") from None
             raise
-        if durable:
-            self.durable()
+        finally:
+            if durable:
+                db.execute("PRAGMA synchronous=NORMAL")
 
     def durable(self) -> None:
-        """Every committed transaction on disk: fsync the WAL (and, once, its directory entry)."""
-        for p in (self.path + "-wal", self.path):
-            try:
-                fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        if not getattr(self._local, "dir_synced", False):
-            fd = os.open(os.path.dirname(self.path), os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            self._local.dir_synced = True
+        """Every committed transaction on disk.  A checkpoint syncs the WAL before it copies
+        anything and the database after (synchronous=NORMAL); files of the database are never
+        opened here: closing a descriptor would drop SQLite's POSIX locks."""
+        self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     # -- schema -----------------------------------------------------------------
     def create(self) -> None:

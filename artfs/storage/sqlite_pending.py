@@ -20,7 +20,7 @@ import os
 import socket
 import time
 
-from ..errors import Conflict, Finished, NotFound, Stale
+from ..errors import Busy, Conflict, Finished, NotFound, Stale
 
 FINISH_LEASE = 600.0  # seconds an unfinished finish keeps upserts out
 
@@ -97,8 +97,7 @@ class PendingMeta:
                 if p["finished"] is not None:
                     raise self._finished_error(p)
                 if self._closing(p):
-                    raise Conflict(f"pending version {artifact} ({did}) is being finished by {p['closing_by']};"
-                                   " if that finish fails, upsert again")
+                    raise Busy(f"pending version {artifact} ({did}) is being finished by {p['closing_by']}")
                 if p["parent"] != parent:
                     have = f"v{p['parent']}" if p["parent"] is not None else "nothing (a new version from scratch)"
                     mine = f"v{parent}" if parent is not None else "nothing"
@@ -130,15 +129,17 @@ class PendingMeta:
                 i = p.find(b"/", i + 1)
         db.executemany("INSERT INTO up_anc VALUES(?,?)", anc)
         clashes: dict[bytes, set[str]] = {}
+        # CROSS JOIN keeps the writer's rows as the outer loop: the cost follows this upsert,
+        # not the size of the pending version
         for q in (
             # the same path with other content (a removal has no content key)
-            "SELECT u.path AS path, r.writer AS writer FROM up_rows u JOIN pending_rows r ON r.pending_id=?"
+            "SELECT u.path AS path, r.writer AS writer FROM up_rows u CROSS JOIN pending_rows r ON r.pending_id=?"
             " AND r.path=u.path AND r.writer<>? WHERE r.ckey IS NOT u.ckey AND NOT (r.isdir AND u.isdir)",
             # something of another writer's below my file or removal
             "SELECT u.path AS path, r.writer AS writer FROM up_rows u JOIN pending_rows r INDEXED BY pending_rows_path"
             " ON r.pending_id=? AND r.path>=u.lo AND r.path<u.hi AND r.writer<>? WHERE u.isdir=0",
             # my path inside another writer's file or removal
-            "SELECT a.path AS path, r.writer AS writer FROM up_anc a JOIN pending_rows r ON r.pending_id=?"
+            "SELECT a.path AS path, r.writer AS writer FROM up_anc a CROSS JOIN pending_rows r ON r.pending_id=?"
             " AND r.path=a.anc AND r.writer<>? WHERE r.isdir=0",
         ):
             for r in db.execute(q, (pid, writer)):
@@ -161,7 +162,7 @@ class PendingMeta:
             if p["finished"] is not None:
                 raise self._finished_error(p)
             if self._closing(p):
-                raise Conflict(f"pending version {artifact} ({did}) is already being finished by {p['closing_by']}")
+                raise Busy(f"pending version {artifact} ({did}) is already being finished by {p['closing_by']}")
             db.execute("UPDATE pending SET closing=?, closing_by=? WHERE id=?",
                        (time.time() + FINISH_LEASE, f"pid {os.getpid()} on {socket.gethostname()}", p["id"]))
             out = dict(p)

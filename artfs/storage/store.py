@@ -32,6 +32,8 @@ from .sqlite_meta import SqliteMeta
 
 MARKER = "artfs-store"
 STORE_FORMAT = "artfs store 2\n"
+STORE_NAMES = {MARKER, MARKER + ".tmp", "meta.sqlite", "meta.sqlite-wal", "meta.sqlite-shm", "meta.sqlite-journal",
+               "objects", "tmp", "drafts", "logs", "locks", "gc.lock", "gc.turn"}
 
 
 def default_store_path() -> str:
@@ -65,8 +67,10 @@ class Store:
         """Create a store (idempotent).  A non-empty directory that is not a store is refused;
         an existing directory gets private modes (0700), since the store holds names and data."""
         path = os.path.abspath(path or default_store_path())
-        if os.path.isdir(path) and os.listdir(path) and not os.path.exists(os.path.join(path, MARKER)):
-            raise BadInput(f"{path} is not empty and not an artfs store; give a new or empty directory")
+        if os.path.isdir(path) and not os.path.exists(os.path.join(path, MARKER)):
+            foreign = set(os.listdir(path)) - STORE_NAMES  # another process may be creating it right now
+            if foreign:
+                raise StoreMissing(f"{path} is not an artfs store and not empty; give a new or empty directory")
         if os.path.exists(path) and not os.path.isdir(path):
             raise BadInput(f"{path} exists and is not a directory")
         _private_dir(path)
