@@ -4,7 +4,7 @@
 #
 # What it does, each step only when needed (so a second run takes well under
 # a second and prints nothing but one line):
-#   1. Debian packages: fuse3 libfuse3-dev pkg-config rsync sqlite3 attr git
+#   1. Debian packages: fuse3 libfuse3-dev pkg-config rsync sqlite3 attr acl git b3sum
 #      (plus python3/python3-venv/python3-dev/gcc if the machine lacks a
 #      Python >= 3.11 with venv, or a C compiler for pyfuse3's build).
 #      `apt-get update` + `apt-get install -y` only for what `dpkg-query`
@@ -56,7 +56,7 @@ _artfs_find_python() {
 
 _artfs_apt() {
     local missing=() p
-    for p in fuse3 libfuse3-dev pkg-config rsync sqlite3 attr git; do
+    for p in fuse3 libfuse3-dev pkg-config rsync sqlite3 attr acl git b3sum; do
         _artfs_pkg_installed "$p" || missing+=("$p")
     done
     # what building the venv needs, when the machine lacks it

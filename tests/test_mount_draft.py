@@ -189,29 +189,30 @@ def test_mv_dirs_rm_rf_chmod_utime_symlinks(draft):
         assert stat.S_IMODE(os.stat(ro.path("run.sh")).st_mode) == 0o700
 
 
-def test_draft_persists_across_remount_and_refuses_hardlinks(mstore, tmp_path):
+def test_draft_persists_across_remount_with_hardlinks_and_xattrs(mstore, tmp_path):
     seed = make_seed(tmp_path / "seed")
     artfs(mstore, "put", "ds", seed)
     with Mounted(mstore, "ds:draft", tmp_path / "d") as m:
         with open(m.path("kept.txt"), "w") as f:
             f.write("kept")
         os.remove(m.path("run.sh"))
-        with pytest.raises(OSError) as ei:
-            os.link(m.path("kept.txt"), m.path("hard"))
-        assert ei.value.errno == errno.EPERM
-        with pytest.raises(OSError) as ei:
-            os.setxattr(m.path("kept.txt"), "user.k", b"v")
-        assert ei.value.errno == errno.ENOTSUP
+        os.link(m.path("kept.txt"), m.path("hard"))
+        os.setxattr(m.path("kept.txt"), "user.k", b"v")
+        ino = os.stat(m.path("kept.txt")).st_ino
+        assert os.stat(m.path("hard")).st_ino == ino and os.stat(m.path("hard")).st_nlink == 2
         big = os.urandom(3_000_000)
         with open(m.path("big"), "wb") as f:
             f.write(big)
     with Mounted(mstore, "ds:draft", tmp_path / "d") as m:
         assert open(m.path("kept.txt")).read() == "kept"
         assert open(m.path("big"), "rb").read() == big
-        assert m.status() == ["A big", "A kept.txt", "D run.sh"]
+        assert m.status() == ["A big", "A hard", "A kept.txt", "D run.sh"]
+        # one inode, the same number after a remount, with its xattr
+        assert os.stat(m.path("kept.txt")).st_ino == os.stat(m.path("hard")).st_ino == ino
+        assert os.getxattr(m.path("hard"), "user.k") == b"v"
         listed = {r["draft"]: r for r in __import__("json").loads(artfs(mstore, "drafts", "--json").stdout)}
-        assert listed["ds:draft"]["mounted"] and listed["ds:draft"]["changes"] == 3
+        assert listed["ds:draft"]["mounted"] and listed["ds:draft"]["changes"] == 4
         refused = artfs(mstore, "discard", "ds:draft", check=False)
-        assert refused.returncode == 2 and "is mounted" in refused.stderr
+        assert refused.returncode == 2 and "in use" in refused.stderr
         os.statvfs(m.mnt)
         assert m.commit() == "ds:v1"

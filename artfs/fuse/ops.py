@@ -138,6 +138,42 @@ class _Entered:
         self.gate.leave()
 
 
+ACL_ACCESS = b"system.posix_acl_access"
+
+
+def acl_mode(value: bytes) -> tuple[int, bool]:
+    """(permission bits, whether the mode says all of it) of a POSIX ACL xattr (the kernel's
+    posix_acl_equiv_mode)."""
+    import struct
+
+    if len(value) < 4 or (len(value) - 4) % 8 or struct.unpack_from("<I", value)[0] != 2:
+        raise pyfuse3.FUSEError(errno.EINVAL)
+    mode, equivalent = 0, True
+    for off in range(4, len(value), 8):
+        tag, perm, _ = struct.unpack_from("<HHI", value, off)
+        perm &= 0o7
+        if tag == 0x01:  # ACL_USER_OBJ
+            mode |= perm << 6
+        elif tag == 0x04:  # ACL_GROUP_OBJ
+            mode |= perm << 3
+        elif tag == 0x20:  # ACL_OTHER
+            mode |= perm
+        elif tag == 0x10:  # ACL_MASK: the group bits show the mask
+            mode = (mode & ~0o070) | (perm << 3)
+            equivalent = False
+        elif tag in (0x02, 0x08):  # ACL_USER, ACL_GROUP
+            equivalent = False
+        else:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+    return mode, equivalent
+
+
+def _groups(pid: int) -> set[int]:
+    from .draft_vfs import caller_groups
+
+    return caller_groups(pid)
+
+
 def _name_ok(name: bytes) -> None:
     if len(name) > 255:
         raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
@@ -146,7 +182,7 @@ def _name_ok(name: bytes) -> None:
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
-    enable_acl = False
+    enable_acl = True  # the kernel keeps POSIX ACLs (cached, enforced) and turns a plain ACL into a mode
 
     def __init__(self, vfs: BaseVFS, collab=None, owner_uid: int | None = None, owner_gid: int | None = None):
         super().__init__()
@@ -594,7 +630,31 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         if self._is_ctl(inode):
             raise pyfuse3.FUSEError(errno.EPERM)
+        if name == ACL_ACCESS:
+            await self._set_access_acl(inode, bytes(value), ctx)
+            return
         await self._set_xattrs(inode, lambda cur: {**cur, bytes(name): bytes(value)})
+
+    async def _set_access_acl(self, inode, value: bytes, ctx) -> None:
+        """An access ACL sets the mode too (the kernel leaves that to the file system, as
+        posix_acl_update_mode does for local ones); one the mode fully says is not kept."""
+        from ..storage.format import xattr_tuple
+
+        mode_bits, equivalent = acl_mode(value)
+        vfs = self.vfs
+        async with self.gate(), self.mutex:
+            n = vfs.node(inode)
+            e = vfs.entry(n)
+            mode = (e.mode & ~0o777) | mode_bits
+            if mode & stat.S_ISGID and ctx.uid != 0 and e.gid != ctx.gid and e.gid not in _groups(ctx.pid):
+                mode &= ~stat.S_ISGID
+            cur = {k: v for k, v in e.xattrs if k != ACL_ACCESS}
+            if not equivalent:
+                cur[ACL_ACCESS] = value
+            ch = vfs.plan_setattr(n, mode=mode, xattrs=xattr_tuple(cur))
+            if ch is not None:
+                await self._persist(ch)
+                vfs.apply(ch)
 
     @fuse_handler
     async def removexattr(self, inode, name, ctx):

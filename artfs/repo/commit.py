@@ -162,6 +162,11 @@ def commit_draft(store, draft, message: str | None = None, metadata: dict | None
     draft's content is the whole new version, whatever latest is meanwhile (W&B's new
     ``Artifact``, like ``put``), instead of changes merged onto latest."""
     base = V.version(store, draft.artifact, draft.parent) if draft.parent is not None else None
+    if base is not None and draft.base_root is not None and draft.base_root != base.root:
+        # an unchanged commit left the draft on its own tree (same content, other metadata)
+        from dataclasses import replace
+
+        base = replace(base, root=draft.base_root)
     how = "incremental" if draft.parent is not None else "single"
     with store.writing():
         with store.objects.batch() as b:

@@ -292,9 +292,10 @@ class SqliteMeta(PendingMeta, RunsMeta, MetaStore):
             if seal is not None:
                 self._seal_in(db, seal, num)
             if draft_reset is not None:
-                v = db.execute("SELECT root, links FROM versions WHERE artifact_id=? AND num=?", (aid, num)).fetchone()
+                # the draft goes on from the tree just committed -- also when it equals latest's
+                # content (unchanged), so metadata-only edits (times, modes) stay in the mount
                 outcome = draft_reset.get("outcome") or f"{name}:v{num}" + (" (unchanged)" if unchanged else "")
-                self._reset_draft_in(db, draft_reset["id"], num, v["root"], draft_reset["root_rec"], v["links"],
+                self._reset_draft_in(db, draft_reset["id"], num, root, draft_reset["root_rec"], links,
                                      outcome.replace("{num}", str(num)))
         return num, unchanged
 
