@@ -197,25 +197,9 @@ class DraftVFS(BaseVFS):
         if n.orphan is not None:
             raise NotFound("file was removed")
         dst = self._child_path(parent_ino, name)
-        return self.draft.plan_link(self._any_path(n), dst)
-
-    def _any_path(self, n: Node) -> tuple:
-        """A current path of a node (for a hard-linked inode, the name it was reached by may be
-        gone: find another of its names among the known ones)."""
-        p = self.path(n)
-        e = self.draft.lookup(p)
-        if e is not None and (e.link == n.ino or n.ino not in self.draft.inodes):
-            return p
-        for other in self.nodes.values():
-            if other is not n and other.parent is not None and other.orphan is None:
-                try:
-                    q = self.path(other) + (n.name,)
-                except NotFound:
-                    continue
-                x = self.draft.lookup(q)
-                if x is not None and x.link == n.ino:
-                    return q
-        raise NotFound("cannot find a name of this file")
+        if n.ino in self.draft.inodes:  # already hard-linked: by number, whatever its names are now
+            return self.draft.plan_link(None, dst, ino=n.ino)
+        return self.draft.plan_link(self.path(n), dst)
 
     def apply_link(self, ch: Change, parent_ino: int, name: bytes) -> tuple[Node, Entry]:
         self.draft.apply(ch)
@@ -286,7 +270,9 @@ class DraftVFS(BaseVFS):
                                                                    if k in ("mode", "uid", "gid", "mtime_ns",
                                                                             "atime_ns", "xattrs")})
             return None
-        return self.draft.plan_setattr(() if n.ino == ROOT_INO else self._any_path(n), **kw)
+        if n.ino in self.draft.inodes:  # a hard-linked inode: by number, whatever its names are now
+            return self.draft.plan_setattr(None, ino=n.ino, **kw)
+        return self.draft.plan_setattr(() if n.ino == ROOT_INO else self.path(n), **kw)
 
     def apply(self, ch: Change) -> None:
         self.draft.apply(ch)

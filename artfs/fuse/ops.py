@@ -445,6 +445,8 @@ class Operations(pyfuse3.Operations):
             if kw or fields.update_size:
                 async with self.mutex:
                     e = vfs.entry(n)
+                    if "mtime_ns" in kw and n.scratch is None and e.scratch is not None and n.orphan is None:
+                        n.scratch = await trio.to_thread.run_sync(vfs.draft.open_scratch, e.scratch)
                     if "mtime_ns" in kw and n.scratch is not None:
                         # a changed file's mtime lives in its scratch file (writes move it)
                         await trio.to_thread.run_sync(n.scratch.set_times, kw.get("atime_ns", e.atime_ns),

@@ -657,13 +657,20 @@ class Draft:
         ch.result = (ino, e)
         return ch
 
-    def plan_link(self, src: tuple, dst: tuple) -> Change:
-        """A hard link ``dst`` to the non-directory ``src``.  Result: (ino, Entry)."""
-        sparent, sname = self._split(src)
+    def plan_link(self, src: tuple | None, dst: tuple, ino: int | None = None) -> Change:
+        """A hard link ``dst`` to the non-directory ``src`` (or to the hard-linked inode ``ino``,
+        whatever its names are now).  Result: (ino, Entry)."""
         dparent, dname = self._split(dst)
         ch = self._new_change()
-        spino, spd = self._walk(ch, sparent, True)
-        e = self.child(spd, sname, ch)
+        if src is None:
+            if ino not in self.inodes:
+                raise NotFound("no such inode")
+            e = ch.inode(ino).with_(name=dname, link=ino)
+            spino = spd = sname = None
+        else:
+            sparent, sname = self._split(src)
+            spino, spd = self._walk(ch, sparent, True)
+            e = self.child(spd, sname, ch)
         if e is None:
             raise NotFound(f"no such file: {quote(b'/'.join(src))}")
         if e.kind == DIR:
@@ -798,13 +805,14 @@ class Draft:
     def _as_record(e: Entry) -> Entry:
         return e
 
-    def plan_setattr(self, path: tuple, *, mode: int | None = None, uid: int | None = None, gid: int | None = None,
+    def plan_setattr(self, path: tuple | None, *, ino: int | None = None, mode: int | None = None, uid: int | None = None, gid: int | None = None,
                      mtime_ns: int | None = None, atime_ns: int | None = None, ctime_ns: int | None = None,
                      kind: int | None = None, scratch: str | None = None, content: Entry | None = None,
                      xattrs: tuple | None = None, size: int | None = None) -> Change:
-        """Change metadata of an existing name (the root too).  ``scratch``: the file's bytes
-        now live in that scratch file (after a copy-up); ``content``: point it at stored
-        content instead (the entry's digest, chunks, size).  Result: the new Entry."""
+        """Change metadata of an existing name (the root too; ``path`` None and ``ino``: a
+        hard-linked inode).  ``scratch``: the file's bytes now live in that scratch file (after
+        a copy-up); ``content``: point it at stored content instead (the entry's digest, chunks,
+        size).  Result: the new Entry."""
         ch = self._new_change()
         now = ch.now
         kw = {}
@@ -823,6 +831,19 @@ class Draft:
         if size is not None:
             kw["size"] = size
         kw["ctime_ns"] = now if ctime_ns is None else ctime_ns
+        if path is None:  # a hard-linked inode, by number: whichever names it has
+            if ino not in self.inodes:
+                raise NotFound("no such inode")
+            inode = ch.inode(ino)
+            if scratch is not None:
+                if inode.scratch is not None and inode.scratch != scratch:
+                    ch.dead.append(inode.scratch)
+                kw.update(kind=FILE, scratch=scratch, digest=None, chunks=None, uri=None)
+                ch.new_scratch.append(scratch)
+            new = inode.with_(**kw)
+            ch.inodes[ino] = new
+            ch.result = new.with_(link=ino)
+            return ch
         if not path:
             e = ch.root_entry().with_(**kw)
             ch.root = e

@@ -124,6 +124,11 @@ class MetaStore(ABC):
         entries too), ``("ino", ino, rec|None)``, ``("pin", dir, name, ino|None)``."""
 
     @abstractmethod
+    def reset_draft(self, draft_id: int, parent: int | None, base_root: str | None, root_rec: bytes,
+                    links: str | None, outcome: str) -> None:
+        """Make a draft clean on a version (durable): its rows go, its inode pins stay."""
+
+    @abstractmethod
     def set_draft_outcome(self, draft_id: int, outcome: str) -> None: ...
 
     @abstractmethod
@@ -132,6 +137,10 @@ class MetaStore(ABC):
     @abstractmethod
     def all_draft_recs(self) -> tuple[list, list]:
         """``([(draft_id, base hex)], [(draft_id, rec)])`` of every draft (gc, fsck)."""
+
+    @abstractmethod
+    def draft_links(self) -> list[tuple[int, str]]:
+        """(draft id, link-table digest hex) of drafts whose parent has hard links (gc keeps them)."""
 
     # -- put's stat cache --------------------------------------------------------------------
     @abstractmethod
@@ -151,13 +160,28 @@ class MetaStore(ABC):
     def pending_rows(self, pending_id: int) -> list[tuple[str, bytes, bytes]]: ...
 
     @abstractmethod
-    def all_pending_recs(self) -> list[tuple[str, bytes]]: ...
+    def all_pending_recs(self) -> list[tuple[str, bytes]]:
+        """(label, rec) of every row of every unfinished pending version (gc, fsck)."""
+
+    @abstractmethod
+    def all_pending_bases(self) -> list[tuple[str, str]]:
+        """(label, base tree hex) of unfinished pending versions that start from a version."""
 
     @abstractmethod
     def upsert_rows(self, artifact: str, type_: str, did: str, parent: int | None, base_root: str | None,
                     writer: str, label: str, rows: dict[bytes, bytes]) -> dict:
         """Replace ``writer``'s rows (path -> rec) unless they conflict with another
         writer's (one set-based check); Conflict names every path."""
+
+    @abstractmethod
+    def begin_finish(self, artifact: str, did: str) -> dict:
+        """Take the finish lease (durable) and read the pending version: its row plus ``rows``
+        [(writer, path, rec)] and ``generation``.  Busy while another finish holds the lease;
+        NotFound / Finished as the pending version's state says."""
+
+    @abstractmethod
+    def end_finish(self, pending_id: int) -> None:
+        """Give the lease back after a finish that failed."""
 
     @abstractmethod
     def discard_pending(self, artifact: str, did: str) -> bool: ...
