@@ -178,6 +178,20 @@ class VersionFile(io.RawIOBase):
         super().close()
 
 
+class _Staging:
+    def __init__(self, art: "Artifact"):
+        self.art = art
+        self.fresh = art._draft is None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and self.fresh and self.art._draft is not None:
+            self.art._draft.discard()
+            self.art._draft = None
+
+
 class Artifact:
     """An artifact version being built: add/remove files, then ``save()``."""
 
@@ -211,6 +225,11 @@ class Artifact:
                                           parent=self._parent, empty=self._parent is None)
         return self._draft
 
+    def _staging(self):
+        """A change to the draft: if it fails and this call made the draft, the draft goes too
+        (a rejected call leaves nothing behind)."""
+        return _Staging(self)
+
     def _put_file(self, parts: tuple, src: str) -> None:
         from .repo.content import open_nofollow
 
@@ -238,7 +257,8 @@ class Artifact:
         parts = _parts(os.path.basename(local_path) if name is None else name, file=True)
         if not os.path.isfile(local_path):
             raise BadInput(f"not a file: {local_path}")
-        self._put_file(parts, local_path)
+        with self._staging():
+            self._put_file(parts, local_path)
 
     def add_dir(self, local_path, name: str | None = None) -> None:
         """Add every file below ``local_path`` under ``name`` (default: the root), merging."""
@@ -246,7 +266,7 @@ class Artifact:
         prefix = _parts(name) if name else ()
         if not os.path.isdir(local_path):
             raise BadInput(f"not a directory: {local_path}")
-        with self._store.writing():
+        with self._staging(), self._store.writing():
             with self._store.objects.batch() as b:
                 tree, _ = repo.build_tree_from_dir(self._store, b, local_path, reject_control=not prefix)
             if prefix:
@@ -272,7 +292,7 @@ class Artifact:
         parts = _parts(os.path.basename(p) if name is None else name, file=True)
         d, size, chunks, st = repo.hash_reference(uri)
         chunks_d = None
-        with self._store.writing():
+        with self._staging(), self._store.writing():
             if chunks is not None:
                 with self._store.objects.batch() as b:
                     chunks_d = b.put_bytes(chunks)
@@ -284,13 +304,14 @@ class Artifact:
         parts = _parts(item)
         if self._draft is None and self._parent is None:
             raise NotFound(f"no {item} in this draft of {self.name}")
-        e = self.draft.lookup(parts)
-        if e is not None and fmt.names_dir(item) and e.kind != DIR:
-            raise BadInput(f"{item!r} is not a directory")
-        try:
-            self.draft.remove(parts)
-        except NotFound:
-            raise NotFound(f"no {item} in this draft of {self.name}") from None
+        with self._staging():
+            e = self.draft.lookup(parts)
+            if e is not None and fmt.names_dir(item) and e.kind != DIR:
+                raise BadInput(f"{item!r} is not a directory")
+            try:
+                self.draft.remove(parts)
+            except NotFound:
+                raise NotFound(f"no {item} in this draft of {self.name}") from None
 
     def files(self) -> list[str]:
         if self._draft is None and self._parent is None:

@@ -85,7 +85,8 @@ def _echo_json(obj) -> None:
 # -- errors: one place ----------------------------------------------------------------
 
 def _die(message: str, code: int):
-    click.echo(f"artfs: {message}", err=True)
+    # one line, whatever bytes the message quotes (names, ids, arguments): no escape sequences
+    click.echo(f"artfs: {quote_text(message)}", err=True)
     raise click.exceptions.Exit(code)
 
 

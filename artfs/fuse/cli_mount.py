@@ -10,14 +10,17 @@ import time
 import click
 
 from ..errors import ArtfsError, BadInput
-from ..proc import alive
 from ..refs import parse_ref
+from . import mounttab
 
 READY_TIMEOUT = 60.0
 
 
 def _check_mountpoint(mnt: str) -> str:
     mnt = os.path.abspath(mnt)
+    if mounttab.is_dead(mnt):
+        mounttab.lazy_unmount(mnt)
+        print(f"artfs: {mnt} was a dead artfs mount (its daemon had died); removed it", file=sys.stderr)
     if not os.path.exists(mnt):
         raise BadInput(f"mountpoint {mnt} does not exist")
     if not os.path.isdir(mnt):
@@ -66,9 +69,12 @@ def mount(store, ref_text: str, mnt: str, foreground=False, allow_other=False, d
     if distributed_id:
         cmd += ["--distributed-id", distributed_id]
     cmd += [ref_text, mnt]
-    proc = subprocess.Popen(cmd, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=open(os.path.join(store.log_dir(), "daemon-stderr.log"), "ab"),
-                            start_new_session=True)
+    log_fd = os.open(os.path.join(store.log_dir(), "daemon-stderr.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        proc = subprocess.Popen(cmd, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=log_fd, start_new_session=True)
+    finally:
+        os.close(log_fd)
     os.close(w)
     msg = read_ready(r, lambda: f"mount daemon exited with status {proc.wait()} (see the store's logs/)")
     if msg != "ok":
@@ -110,22 +116,34 @@ def daemon_pid(mnt: str) -> int | None:
         return None
 
 
-def umount(mnt: str, timeout: float = 30.0) -> None:
+def umount(mnt: str, timeout: float = 30.0) -> str:
+    """Unmount and wait for the daemon to exit; returns what happened (one line)."""
     mnt = os.path.abspath(mnt)
+    if mounttab.is_dead(mnt):
+        if not mounttab.lazy_unmount(mnt):
+            raise ArtfsError(f"{mnt} is a dead mount and fusermount3 -u -z failed")
+        return f"{mnt} was a dead mount (its daemon had died); removed it"
     if not os.path.ismount(mnt):
         raise BadInput(f"{mnt} is not mounted")
     pid = daemon_pid(mnt)
     p = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
     if p.returncode != 0:
-        raise ArtfsError((p.stderr.strip().splitlines() or ["fusermount3 failed"])[-1])
-    deadline = time.monotonic() + timeout
-    while pid and alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.01)
-
+        why = (p.stderr.strip().splitlines() or ["fusermount3 failed"])[-1]
+        if "busy" in why.lower():
+            users = mounttab.holders(mnt)
+            who = ", ".join(f"{name} (pid {pid_})" for pid_, name in users[:10]) or "an unknown process"
+            raise ArtfsError(f"{mnt} is busy: used by {who}")
+        raise ArtfsError(why)
+    if pid and not mounttab.wait_exit(pid, timeout):
+        return f"unmounted {mnt} (its daemon, pid {pid}, is still finishing)"
+    return f"unmounted {mnt}"
 
 
 def _ctl(mnt: str, name: str) -> str:
     path = os.path.join(os.path.abspath(mnt), ".artfs", name)
+    if mounttab.is_dead(mnt):
+        raise ArtfsError(f"the artfs mount at {os.path.abspath(mnt)} is dead (its daemon died);"
+                         f" remove it with: artfs umount {mnt}")
     if not os.path.exists(path):
         raise BadInput(f"{mnt} is not an artfs mount")
     return path
@@ -187,8 +205,13 @@ def register(group) -> None:
     @group.command("umount")
     @click.argument("mountpoint")
     def umount_cmd(mountpoint):
-        """Unmount and wait for the daemon to exit."""
-        umount(mountpoint)
+        """Unmount and wait for the daemon to exit (also cleans up a mount whose daemon died).
+
+        Example: artfs umount /mnt/d
+        """
+        msg = umount(mountpoint)
+        if "dead" in msg or "still" in msg:
+            click.echo(f"artfs: {msg}", err=True)
 
     @group.command("commit")
     @click.argument("mountpoint")

@@ -95,6 +95,7 @@ def tune_readahead(mountpoint: str, kb: int = 1024) -> None:
 
 def setup_logging(store: Store, foreground: bool, debug: bool) -> str:
     path = os.path.join(store.log_dir(), f"mount-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))  # private: it names files
     handlers = [logging.FileHandler(path)]
     if foreground:
         handlers.append(logging.StreamHandler(sys.stderr))

@@ -23,7 +23,6 @@ commit the handles move back onto the stored content.
 from __future__ import annotations
 
 import errno
-import os
 import stat
 import time
 

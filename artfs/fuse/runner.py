@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 
 from .. import repo
@@ -79,6 +78,9 @@ def _fork_mount(store_path: str, b: Binding, group: str | None, run_id: str, log
         try:
             os.close(r)
             os.setsid()
+            from .mounttab import die_with_parent
+
+            die_with_parent()  # a killed `artfs run` takes its mounts along
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -109,24 +111,21 @@ def _fork_mount(store_path: str, b: Binding, group: str | None, run_id: str, log
 
 
 def _unmount(b: Binding) -> None:
-    if os.path.ismount(b.dir):
+    from .mounttab import is_dead, lazy_unmount, wait_exit
+
+    if os.path.ismount(b.dir) or is_dead(b.dir):
         if subprocess.run(["fusermount3", "-u", b.dir], capture_output=True).returncode != 0:
-            subprocess.run(["fusermount3", "-u", "-z", b.dir], capture_output=True)
+            lazy_unmount(b.dir)
     if b.pid:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if os.waitpid(b.pid, os.WNOHANG)[0]:
-                    break
-            except ChildProcessError:
-                break
-            time.sleep(0.005)
-        else:
+        if not wait_exit(b.pid, 10):
             try:
                 os.kill(b.pid, signal.SIGKILL)
-                os.waitpid(b.pid, 0)
-            except (ProcessLookupError, ChildProcessError):
+            except ProcessLookupError:
                 pass
+        try:
+            os.waitpid(b.pid, 0)  # our child: reap it
+        except ChildProcessError:
+            pass
     if b.created:
         try:
             os.rmdir(b.dir)
@@ -193,7 +192,9 @@ def run(store, ins: list[str], outs: list[str], cmd: list[str], group: str | Non
         if interrupted:
             raise KeyboardInterrupt
         try:
-            proc = subprocess.Popen(cmd, env=env)
+            from .mounttab import die_with_parent
+
+            proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)  # no threads here: safe
         except OSError as exc:
             raise BadInput(f"cannot run {cmd[0]}: {exc.strerror}") from None
         if interrupted and not forwarded:  # a signal that came while CMD was being started

@@ -23,7 +23,6 @@ Concurrency: every method runs on the trio thread, except those named
 from __future__ import annotations
 
 import bisect
-import os
 import time
 
 from .. import repo

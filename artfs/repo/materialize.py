@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import stat
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -60,9 +59,12 @@ def _make_socket(path: str, dest: str) -> None:
 
 def export(store, v: VersionInfo, dest: str, progress=None) -> int:
     """Materialise a version into ``dest`` (created; must be empty); returns files written."""
-    if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
-        raise BadInput(f"{dest} exists and is not an empty directory")
-    os.makedirs(dest, mode=0o700, exist_ok=True)
+    try:
+        if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
+            raise BadInput(f"{dest} exists and is not an empty directory")
+        os.makedirs(dest, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"cannot write {dest}: {exc.strerror}") from None
     if progress:
         progress.phase("exporting")
         progress.total(v.file_count, v.total_bytes)
