@@ -107,7 +107,10 @@ class ArtfsGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except click.exceptions.ClickException as exc:
+            exc.message = quote_text(exc.message)  # click repeats bad arguments: no escape sequences
+            raise
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
         except ArtfsError as exc:
             _die(str(exc), exc.exit_code)
@@ -122,6 +125,9 @@ class ArtfsGroup(click.Group):
             _die(_oserror_text(exc), 2)
         except KeyboardInterrupt:
             _die("interrupted", 130)
+        except UnicodeEncodeError:
+            # a command-line argument that is not UTF-8 reached something that needs text
+            _die("an argument is not valid UTF-8 text", 2)
         except sqlite3.Error as exc:
             _die(f"store database error: {exc}", 1)
         except Exception as exc:

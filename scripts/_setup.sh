@@ -10,7 +10,8 @@
 #      `apt-get update` + `apt-get install -y` only for what `dpkg-query`
 #      says is missing; as root, or through `sudo -n`.
 #   2. .venv in the repo root, made with the system python3 (>= 3.11).
-#   3. `pip install -e '.[test]'` when pyproject.toml changed since the last
+#   3. `pip install -c constraints.txt -e '.[test]'` when pyproject.toml or
+#      constraints.txt changed since the last
 #      install (stamp: .venv/.artfs-install-stamp), or the venv lacks it.
 # Non-interactive throughout (CI=true, no stdin).
 #
@@ -78,7 +79,7 @@ _artfs_apt() {
 _artfs_stamp() {
     # what the install depends on: the project file, where the repo is, which python
     {
-        sha256sum "$ARTFS_ROOT/pyproject.toml" | cut -d' ' -f1
+        sha256sum "$ARTFS_ROOT/pyproject.toml" "$ARTFS_ROOT/constraints.txt" | cut -d' ' -f1
         echo "$ARTFS_ROOT"
         "$ARTFS_PY" -c 'import sys; print(sys.version)'
     } 2>/dev/null
@@ -108,7 +109,7 @@ PY
     _artfs_say "pip install -e '.[test]' into $ARTFS_VENV"
     local log="$ARTFS_VENV/pip-install.log"
     # pip's output goes to a log (its warnings, e.g. about extra indexes, are noise here)
-    if ! (cd "$ARTFS_ROOT" && PIP_DISABLE_PIP_VERSION_CHECK=1 "$ARTFS_PY" -m pip install --no-input -e '.[test]' </dev/null) >"$log" 2>&1; then
+    if ! (cd "$ARTFS_ROOT" && PIP_DISABLE_PIP_VERSION_CHECK=1 "$ARTFS_PY" -m pip install --no-input -c constraints.txt -e '.[test]' </dev/null) >"$log" 2>&1; then
         tail -n 40 "$log" >&2
         _artfs_say "pip install failed; full output in $log"
         return 1

@@ -21,7 +21,7 @@ import sys
 import time
 
 from . import versions as repo
-from ..errors import NotFound
+from ..errors import BadInput, NotFound
 from ..proc import alive
 
 
@@ -90,6 +90,10 @@ def state(row: dict) -> str:
 
 
 def get(store, run_id: str) -> dict:
+    import re
+
+    if not isinstance(run_id, str) or not re.fullmatch(r"[0-9A-Za-z._-]{1,64}", run_id):
+        raise BadInput(f"bad run id {run_id!r}")
     row = store.meta.run(run_id)
     if row is None:
         recent = ", ".join(r["id"] for r in store.meta.runs(5))
