@@ -603,7 +603,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_handler
     async def statfs(self, ctx):
-        st = await trio.to_thread.run_sync(os.statvfs, self.vfs.store.path)
+        st = await trio.to_thread.run_sync(os.statvfs, self.vfs.store.state_dir)  # where scratch files go
         s = pyfuse3.StatvfsData()
         for k in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree", "f_favail"):
             setattr(s, k, getattr(st, k))

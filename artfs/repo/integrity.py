@@ -162,7 +162,7 @@ def check_drafts(store) -> list[str]:
             extra = d.unreferenced_scratch()
             if extra:
                 problems.append(f"{len(extra)} unreferenced scratch file(s) in draft {label} (gc removes them)")
-    ddir = os.path.join(store.path, "drafts")
+    ddir = store.scratch_root()
     for name in sorted(os.listdir(ddir)) if os.path.isdir(ddir) else []:
         if name not in uuids:
             problems.append(f"scratch directory drafts/{name} belongs to no draft (gc removes it)")
@@ -176,7 +176,7 @@ def gc(store, progress=None) -> tuple[int, int]:
     with store.collecting():
         # list scratch directories before reading the drafts: a draft's row is committed before
         # its directory exists, so a directory listed here whose row is missing is garbage
-        ddir = os.path.join(store.path, "drafts")
+        ddir = store.scratch_root()
         names = os.listdir(ddir) if os.path.isdir(ddir) else []
         used = mark(store, None, progress)
         doomed = [d for d in store.objects.list() if d not in used]

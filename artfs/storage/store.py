@@ -1,20 +1,28 @@
-"""A store: its object store, its metadata store, and its local state.
+"""A store: its object store, its metadata store, and this machine's state for it.
 
-Layout of the embedded default store (every directory 0700, every file 0600)::
+Two kinds, chosen by what is at the store path (``Store.open``):
 
-    STORE/artfs-store        marker (format line)
-    STORE/meta.sqlite        metadata (sqlite_meta.py)
-    STORE/objects/ STORE/tmp/   content-addressed objects (local_objects.py)
-    STORE/drafts/<uuid>/     scratch files of drafts (named by a uuid: never reused)
-    STORE/locks/             one lock file per draft (a mount holds it), kept apart
-                             from the data so deleting a draft's files cannot free it
-    STORE/logs/              mount daemon logs
-    STORE/gc.lock, gc.turn   see :meth:`Store.writing` and :meth:`Store.collecting`
+* the embedded default, a directory (every directory 0700, every file 0600)::
 
-The gc rule: a writer holds a shared ``flock`` on ``gc.lock`` from before it
-writes its first object until the metadata row that references them is
-committed; ``gc`` holds it exclusively for its whole mark and sweep.  So gc never
-sees an object that a writer is about to reference but has not yet recorded.
+      STORE/artfs-store        marker (format line)
+      STORE/meta.sqlite        metadata (sqlite_meta.py)
+      STORE/objects/ STORE/tmp/   content-addressed objects (local_objects.py)
+      STORE/drafts/<uuid>/     scratch files of drafts (named by a uuid: never reused)
+      STORE/locks/             one lock file per draft (a mount holds it), kept apart
+                               from the data so deleting a draft's files cannot free it
+      STORE/logs/              mount daemon logs
+      STORE/gc.lock, gc.turn   see :class:`FlockGc`
+
+* scale-out (DESIGN.md §10): a small description file naming a PostgreSQL
+  metadata store and an S3 bucket; this machine's state (object cache, scratch
+  files, locks, logs) lives under the user's XDG directories, keyed by the
+  store's id (``scaleout.py``).
+
+Everything above the storage layer uses the same :class:`Store` interface:
+``objects`` (ObjectStore), ``meta`` (MetaStore), ``state_dir`` (this
+machine's drafts/, locks/, logs/) and ``writing()`` / ``collecting()`` (the gc
+rule, kept by a coordinator: flock here, leases in the metadata store for
+scale-out).
 """
 from __future__ import annotations
 
@@ -44,18 +52,62 @@ def default_store_path() -> str:
     return os.path.join(base, "artfs")
 
 
-def _private_dir(path: str) -> None:
+def private_dir(path: str) -> None:
     os.makedirs(path, mode=0o700, exist_ok=True)
     st = os.stat(path)
     if stat.S_IMODE(st.st_mode) & 0o077 and st.st_uid == os.geteuid():
         os.chmod(path, 0o700)
 
 
+_private_dir = private_dir
+
+
+class FlockGc:
+    """The gc rule on one machine: a writer holds a shared ``flock`` on ``gc.lock`` from before it
+    writes its first object until the metadata row that references them is committed; gc holds
+    it exclusively for its whole mark and sweep.  So gc never sees an object that a writer is
+    about to reference but has not yet recorded.
+
+    A writer passes the turnstile (``gc.turn``) on its way in, so once gc waits there no new
+    writer starts: flock alone grants shared locks ahead of a waiting exclusive one, and busy
+    writers would starve gc forever."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    @contextmanager
+    def _flock(self, how, name: str):
+        fd = os.open(os.path.join(self.directory, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, how)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def writing(self):
+        with self._flock(fcntl.LOCK_SH, "gc.turn"):
+            pass
+        with self._flock(fcntl.LOCK_SH, "gc.lock"):
+            yield
+
+    @contextmanager
+    def collecting(self):
+        with self._flock(fcntl.LOCK_EX, "gc.turn"), self._flock(fcntl.LOCK_EX, "gc.lock"):
+            yield
+
+
 class Store:
-    def __init__(self, path: str):
+    """One store: ``objects``, ``meta``, this machine's ``state_dir``, the gc rule, a tree cache."""
+
+    kind = "local"
+
+    def __init__(self, path: str, objects=None, meta=None, state_dir: str | None = None, gc=None):
         self.path = os.path.abspath(path)
-        self.objects = LocalObjectStore(self.path)
-        self.meta = SqliteMeta(os.path.join(self.path, "meta.sqlite"))
+        self.objects = objects if objects is not None else LocalObjectStore(self.path)
+        self.meta = meta if meta is not None else SqliteMeta(os.path.join(self.path, "meta.sqlite"))
+        self.state_dir = state_dir or self.path
+        self.gc_rule = gc if gc is not None else FlockGc(self.path)
         self._trees: OrderedDict[bytes, list | dict] = OrderedDict()
         self._tree_cache_entries = 0
         self.tree_cache_limit = 400_000  # decoded entries kept (about 150 MB at most)
@@ -64,8 +116,9 @@ class Store:
     # -- opening -------------------------------------------------------------
     @classmethod
     def init(cls, path: str | None = None) -> "Store":
-        """Create a store (idempotent).  A non-empty directory that is not a store is refused;
-        an existing directory gets private modes (0700), since the store holds names and data."""
+        """Create a local store (idempotent).  A non-empty directory that is not a store is
+        refused; an existing directory gets private modes (0700), since the store holds names
+        and data."""
         path = os.path.abspath(path or default_store_path())
         if os.path.isdir(path) and not os.path.exists(os.path.join(path, MARKER)):
             foreign = set(os.listdir(path)) - STORE_NAMES  # another process may be creating it right now
@@ -73,11 +126,10 @@ class Store:
                 raise StoreMissing(f"{path} is not an artfs store and not empty; give a new or empty directory")
         if os.path.exists(path) and not os.path.isdir(path):
             raise BadInput(f"{path} exists and is not a directory")
-        _private_dir(path)
+        private_dir(path)
         s = cls(path)
         s.objects.create()
-        for d in ("drafts", "logs", "locks"):
-            _private_dir(os.path.join(path, d))
+        s.ensure_state()
         s.meta.create()
         s.meta.check_schema()
         with s.writing(), s.objects.batch() as b:  # gc's rule holds for this object too
@@ -96,17 +148,27 @@ class Store:
 
     @classmethod
     def open(cls, path: "str | Store | None" = None) -> "Store":
+        """The store at ``path``: a local store directory, or a scale-out store's description."""
         if isinstance(path, Store):
             return path
         path = os.path.abspath(path or default_store_path())
+        if os.path.isfile(path):
+            from .scaleout import open_scaleout  # only a scale-out store needs its clients
+
+            return open_scaleout(path)
         if not os.path.exists(os.path.join(path, MARKER)):
             raise StoreMissing(f"no artfs store at {path}; create it with: artfs --store {path} init")
         s = cls(path)
-        for d in ("locks",):  # added after the first store format
-            if not os.path.isdir(os.path.join(path, d)):
-                _private_dir(os.path.join(path, d))
+        s.ensure_state()
         s.meta.check_schema()
         return s
+
+    def ensure_state(self) -> None:
+        """This machine's directories for the store (drafts' scratch files, locks, logs)."""
+        private_dir(self.state_dir)
+        for d in ("drafts", "logs", "locks"):
+            if not os.path.isdir(os.path.join(self.state_dir, d)):
+                private_dir(os.path.join(self.state_dir, d))
 
     # -- trees ---------------------------------------------------------------
     def tree(self, digest: bytes) -> list:
@@ -154,40 +216,24 @@ class Store:
         return meta.with_(kind=fmt.DIR, digest=tree, ident=fmt.tree_identity(ents), nfiles=nfiles, size=nbytes,
                           dir_id=None, scratch=None, link=None, nlink=1, ctime_ns=0, chunks=None, hlid=None)
 
-    # -- local state -----------------------------------------------------------
+    # -- this machine's state -------------------------------------------------------
     def scratch_dir(self, scratch: str) -> str:
-        return os.path.join(self.path, "drafts", scratch)
+        return os.path.join(self.state_dir, "drafts", scratch)
+
+    def scratch_root(self) -> str:
+        return os.path.join(self.state_dir, "drafts")
 
     def draft_lock_path(self, scratch: str) -> str:
-        return os.path.join(self.path, "locks", f"draft-{scratch}.lock")
+        return os.path.join(self.state_dir, "locks", f"draft-{scratch}.lock")
 
     def log_dir(self) -> str:
-        return os.path.join(self.path, "logs")
+        return os.path.join(self.state_dir, "logs")
 
-    # -- the gc lock ---------------------------------------------------------
-    @contextmanager
-    def _flock(self, how, name: str = "gc.lock"):
-        fd = os.open(os.path.join(self.path, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, how)
-            yield
-        finally:
-            os.close(fd)
-
-    @contextmanager
+    # -- the gc rule -------------------------------------------------------------
     def writing(self):
-        """Held by writers from first object to the row that references it.
+        """Held by writers from their first object to the row that references it."""
+        return self.gc_rule.writing()
 
-        A writer passes the turnstile (``gc.turn``) on its way in, so once gc
-        waits there no new writer starts: flock alone grants shared locks ahead
-        of a waiting exclusive one, and busy writers would starve gc forever."""
-        with self._flock(fcntl.LOCK_SH, "gc.turn"):
-            pass
-        with self._flock(fcntl.LOCK_SH):
-            yield
-
-    @contextmanager
     def collecting(self):
-        """Held by gc for its whole mark and sweep (the turnstile first: see writing)."""
-        with self._flock(fcntl.LOCK_EX, "gc.turn"), self._flock(fcntl.LOCK_EX):
-            yield
+        """Held by gc for its whole mark and sweep."""
+        return self.gc_rule.collecting()
