@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import uuid
 
 from . import repo
 from .errors import BadInput, NotFound, StoreMissing
 from .refs import check_alias, check_artifact_name
-from .repo import collab
+from .repo import collab, staging
 from .repo.drafts import Draft
 from .storage import format as fmt
 from .storage.format import DIR, FILE, REF, Entry
@@ -230,35 +229,13 @@ class Artifact:
         (a rejected call leaves nothing behind)."""
         return _Staging(self)
 
-    def _put_file(self, parts: tuple, src: str) -> None:
-        from .repo.content import open_nofollow
-
-        try:
-            fd = open_nofollow(src)
-        except OSError as exc:
-            raise BadInput(f"cannot read {src}: {exc.strerror}") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise BadInput(f"not a regular file: {src}")
-            with self._store.writing():
-                with self._store.objects.batch() as b:
-                    d, n, chunks = b.put_fd(fd)
-                from .repo.put import read_xattrs
-
-                e = Entry(parts[-1], FILE, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, n, st.st_mtime_ns,
-                          st.st_atime_ns, digest=d, chunks=chunks, xattrs=read_xattrs(fd))
-                self.draft.put(parts, e)
-        finally:
-            os.close(fd)
-
     def add_file(self, local_path, name: str | None = None) -> None:
         local_path = _local_path(local_path, "local_path")
         parts = _parts(os.path.basename(local_path) if name is None else name, file=True)
         if not os.path.isfile(local_path):
             raise BadInput(f"not a file: {local_path}")
         with self._staging():
-            self._put_file(parts, local_path)
+            staging.add_file(self._store, self.draft, parts, local_path)
 
     def add_dir(self, local_path, name: str | None = None) -> None:
         """Add every file below ``local_path`` under ``name`` (default: the root), merging."""
@@ -266,39 +243,15 @@ class Artifact:
         prefix = _parts(name) if name else ()
         if not os.path.isdir(local_path):
             raise BadInput(f"not a directory: {local_path}")
-        with self._staging(), self._store.writing():
-            with self._store.objects.batch() as b:
-                tree, _ = repo.build_tree_from_dir(self._store, b, local_path, reject_control=not prefix)
-            if prefix:
-                self._merge(prefix, tree)
-            else:
-                for e in self._store.tree(tree.digest):
-                    self._merge((e.name,), e)
-
-    def _merge(self, path: tuple, e: Entry) -> None:
-        d = self.draft
-        stack = [(path, e)]
-        while stack:
-            p, x = stack.pop()
-            cur = d.lookup(p)
-            if x.kind == DIR and cur is not None and cur.kind == DIR:
-                stack.extend((p + (c.name,), c) for c in self._store.tree(x.digest))
-            else:
-                d.put(p, x.with_(hlid=None))
+        with self._staging():
+            staging.add_dir(self._store, self.draft, local_path, prefix)
 
     def add_reference(self, uri: str, name: str | None = None) -> None:
         """Record a file:/// reference: digest and size, not a copy."""
         p = repo.uri_path(_text_arg(uri, "uri"))
         parts = _parts(os.path.basename(p) if name is None else name, file=True)
-        d, size, chunks, st = repo.hash_reference(uri)
-        chunks_d = None
-        with self._staging(), self._store.writing():
-            if chunks is not None:
-                with self._store.objects.batch() as b:
-                    chunks_d = b.put_bytes(chunks)
-            e = Entry(parts[-1], REF, st.st_mode & 0o7777, st.st_uid, st.st_gid, size, st.st_mtime_ns,
-                      st.st_atime_ns, digest=d, chunks=chunks_d, uri=uri)
-            self.draft.put(parts, e)
+        with self._staging():
+            staging.add_reference(self._store, self.draft, parts, uri)
 
     def remove(self, item: str) -> None:
         parts = _parts(item)
@@ -356,11 +309,7 @@ class Artifact:
         label = self.writer_label or f"{self.name} writer {self.writer_id[:8]} (pid {os.getpid()})"
         d = self.draft
         with repo.lock_draft(self._store, d):
-            p, done = collab.upsert(self._store, d, did, f"api:{self.writer_id}", label)
-            d.commit(d.settle(done))
-            self._store.meta.durable()
-            d.flush_dead()
-        return p
+            return staging.upsert(self._store, d, did, f"api:{self.writer_id}", label)
 
     def finish(self, distributed_id: str | None = None, message: str | None = None) -> Version:
         """Upsert this artifact's own files (if any), then seal the pending version as the next version."""

@@ -12,7 +12,7 @@ import logging
 import trio
 
 from .. import repo
-from ..repo import collab, workspace
+from ..repo import collab, staging, workspace
 
 log = logging.getLogger("artfs.fuse")
 
@@ -27,15 +27,7 @@ class MountCollab:
         self.finished = ""
 
     def _upsert_blocking(self) -> dict:
-        d = self.draft
-        p, done = collab.upsert(self.store, d, self.did, self.writer, self.label)
-        d.commit(d.settle(done))
-        self.store.meta.durable()
-        d.flush_dead()
-        outcome = f"upserted into {d.artifact} (pending {self.did}): {p['contributed']} files"
-        self.store.meta.set_draft_outcome(d.id, outcome)
-        d.outcome = outcome
-        return p
+        return staging.upsert(self.store, self.draft, self.did, self.writer, self.label)
 
     async def upsert(self, ops, message: str | None) -> str:
         await ops.gate.close()

@@ -23,6 +23,7 @@ import pyfuse3
 import trio
 
 from .. import repo
+from ..repo import staging
 from ..errors import ArtfsError
 from ..refs import parse_ref
 from ..storage.store import Store
@@ -155,8 +156,7 @@ def serve(store_path: str, ref_text: str, mountpoint: str, *, foreground: bool =
             log.exception("close")
         if ops.vfs.draft is not None:
             try:  # what programs wrote is kept either way; this only makes the last edits durable now
-                store.meta.durable()
-                ops.vfs.draft.flush_dead()
+                staging.make_durable(store, ops.vfs.draft)
             except Exception:
                 log.exception("final sync")
         log.info("unmounted %s", mountpoint)

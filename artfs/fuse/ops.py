@@ -30,6 +30,7 @@ import pyfuse3
 import trio
 
 from .. import errors, repo
+from ..repo import staging
 from ..errors import NotPermitted
 from ..storage.format import BLK, CHR, DIR, FIFO, FILE, REF, SOCK, SYMLINK
 from .vfs import CTL_NAME, ROOT_INO, BaseVFS
@@ -593,8 +594,7 @@ class Operations(pyfuse3.Operations):
 
     async def _durable(self) -> None:
         """Every change so far on disk, then delete the scratch files those changes replaced."""
-        await trio.to_thread.run_sync(self.vfs.store.meta.durable)
-        await trio.to_thread.run_sync(self.vfs.draft.flush_dead)
+        await trio.to_thread.run_sync(staging.make_durable, self.vfs.store, self.vfs.draft)
 
     @fuse_handler
     async def fsyncdir(self, fh, datasync):
