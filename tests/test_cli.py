@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from artfs.storage.store import Store
-from clihelp import Cli, cli_env
+from clihelp import Cli, Result, cli_env
 
 T0 = 1_600_000_000_123_456_789  # mtimes (ns) given to the source tree
 
@@ -207,15 +207,35 @@ def test_put_errors(cli, tmp_path):
     assert cli.ok("ls", "mnist").startswith("prw-r--r--")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod 000 file")
-def test_put_unreadable_file(cli, tmp_path):
-    src = make_tree(tmp_path / "src")
+class UserCli(Cli):
+    """A ``Cli`` whose commands run as ``user`` (conftest ``User``): as root, the unprivileged
+    test user, for whom a chmod 000 file really is unreadable."""
+
+    def __init__(self, user, store, home):
+        super().__init__(store, home)
+        self.user = user
+
+    def run(self, *args, store: bool = True, env: dict | None = None, input: bytes | None = None,
+            timeout: float = 60) -> Result:
+        cmd = [sys.executable, "-m", "artfs.cli"] + (["--store", self.store] if store else [])
+        p = self.user.run(cmd + [str(a) for a in args], input=input, capture_output=True, timeout=timeout,
+                          cwd=self.cwd, env=cli_env(self.home, **(env or {})))
+        return Result(p.returncode, p.stdout, p.stderr)
+
+
+def test_put_unreadable_file(unprivileged):
+    home = unprivileged.home
+    cli = UserCli(unprivileged, os.path.join(home, "store"), home)
+    assert cli.ok("init") == cli.store + "\n"
+    src = make_tree(os.path.join(home, "src"))
+    unprivileged.own(src)  # the user's own tree; one file of it unreadable
     secret = os.path.join(src, "data", "blob.bin")
     os.chmod(secret, 0)
     try:
         assert cli.fail("put", "mnist", src) == f"cannot read {secret}: Permission denied"
     finally:
         os.chmod(secret, 0o600)
+    cli.fsck_ok()
 
 
 # -- log ---------------------------------------------------------------------------------
@@ -438,7 +458,7 @@ def test_export_errors(mnist, tmp_path):
     afile = out / "x"
     assert mnist.fail("export", "mnist", afile) == f"{afile} exists and is not an empty directory"
     # an OSError from the user's path is one line too
-    assert mnist.fail("export", "mnist", afile / "sub") == f"{afile}/sub: Not a directory"
+    assert mnist.fail("export", "mnist", afile / "sub") == f"cannot write {afile}/sub: Not a directory"
     empty = tmp_path / "empty"
     empty.mkdir()
     assert mnist.ok("export", "mnist", empty) == f"mnist:v1 -> {empty} (4 files)\n"

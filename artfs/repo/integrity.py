@@ -169,10 +169,27 @@ def check_drafts(store) -> list[str]:
     return problems
 
 
+def expire(store, now: float | None = None) -> list[str]:
+    """Delete versions whose TTL ran out (a user alias keeps one: say so instead)."""
+    import time
+
+    from ..errors import Conflict
+
+    gone = []
+    for name, num in store.meta.expired_versions(time.time() if now is None else now):
+        try:
+            store.meta.delete_version(name, num)
+            gone.append(f"{name}:v{num}")
+        except Conflict:
+            continue
+    return gone
+
+
 def gc(store, progress=None) -> tuple[int, int]:
     """Delete objects nothing reaches, and scratch files no draft uses; returns (objects,
     bytes) removed.  Stops, deleting nothing, when anything is unreadable."""
     removed = freed = 0
+    expire(store)
     with store.collecting():
         # list scratch directories before reading the drafts: a draft's row is committed before
         # its directory exists, so a directory listed here whose row is missing is garbage

@@ -34,6 +34,9 @@ class VersionInfo:
     type: str = "dataset"
     root_meta: bytes | None = None
     links: bytes | None = None  # digest of the hard-link table, if the version has hard links
+    description: str | None = None
+    tags: list = None
+    expires: float | None = None  # when its TTL runs out (None: never)
 
     @property
     def ref(self) -> str:
@@ -45,7 +48,8 @@ class VersionInfo:
             return cls(row["artifact"], row["num"], bytes.fromhex(row["root"]), bytes.fromhex(row["ident"]),
                        row["parent"], row["created"], row["message"], row["metadata"], row["file_count"],
                        row["total_bytes"], row["how"], type_, row.get("root_meta"),
-                       bytes.fromhex(row["links"]) if row.get("links") else None)
+                       bytes.fromhex(row["links"]) if row.get("links") else None, row.get("description"),
+                       list(row.get("tags") or []), row.get("expires"))
         except (ValueError, TypeError) as exc:
             raise Corrupt(f"damaged version row {row.get('artifact')}:v{row.get('num')}: {exc}") from None
 
@@ -125,6 +129,41 @@ def artifact(store: Store, name: str) -> dict | None:
 
 def aliases(store: Store, name: str) -> dict[int, list[str]]:
     return store.meta.aliases(name)
+
+
+def update(store: Store, ref: str, *, metadata: dict | None = None, replace_metadata: bool = False,
+           description: str | None = None, tags: list | None = None) -> VersionInfo:
+    """Change a version's metadata, description or tags (never its content)."""
+    v = resolve(store, ref)
+    if metadata is not None and not isinstance(metadata, dict):
+        raise BadInput("metadata must be a JSON object")
+    for t in tags or []:
+        if not isinstance(t, str) or not t or not t.isprintable() or len(t) > 128:
+            raise BadInput(f"bad tag {t!r}: printable text, at most 128 characters")
+    store.meta.update_version(v.artifact, v.num, metadata=metadata, replace_metadata=replace_metadata,
+                              description=description, tags=tags)
+    return version(store, v.artifact, v.num)
+
+
+def set_ttl(store: Store, ref: str, seconds: float | None) -> VersionInfo:
+    """A version is deleted by gc once ``seconds`` have passed since it was created (None: never)."""
+    v = resolve(store, ref)
+    if seconds is not None and seconds < 0:
+        raise BadInput("a TTL cannot be negative")
+    store.meta.update_version(v.artifact, v.num, expires=None if seconds is None else v.created + seconds)
+    return version(store, v.artifact, v.num)
+
+
+def delete(store: Store, ref: str, force: bool = False) -> dict:
+    """Delete a version (NAME:vN, or an alias of one); its objects go with the next gc unless other
+    versions share them.  Returns what moved."""
+    r = parse_ref(ref) if isinstance(ref, str) else ref
+    if r.draft:
+        raise BadInput(f"{r} is a draft: discard it with artfs discard")
+    v = resolve(store, r)
+    out = store.meta.delete_version(v.artifact, v.num, force=force)
+    out["deleted"] = v.ref
+    return out
 
 
 def set_alias(store: Store, ref: str, alias: str) -> VersionInfo:

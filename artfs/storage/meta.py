@@ -82,6 +82,26 @@ class MetaStore(ABC):
         version in the same transaction (``root_rec``: its root's record); ``seal`` = ``{"pending_id", "generation"}`` marks a pending
         collaborative version finished (``Stale`` if its generation moved)."""
 
+    @abstractmethod
+    def update_version(self, name: str, num: int, *, metadata: dict | None = None, replace_metadata: bool = False,
+                       description: str | None = None, tags: list | None = None, expires=ANY) -> dict:
+        """Change a version's metadata (merged, or replaced), description, tags or expiry time
+        (None: never); its content never changes.  Returns the row."""
+
+    @abstractmethod
+    def delete_version(self, name: str, num: int, force: bool = False) -> dict:
+        """Delete a version; its number is never reused.  Conflict while a user alias points at it
+        unless ``force`` (the aliases go too); ``latest`` moves to the newest version left.
+        Returns ``{"latest": num | None, "aliases_removed": [...]}``."""
+
+    @abstractmethod
+    def expired_versions(self, now: float) -> list[tuple[str, int]]:
+        """(artifact, num) of versions whose TTL has run out (gc deletes them)."""
+
+    @abstractmethod
+    def set_artifact_type(self, name: str, type_: str) -> None:
+        """Change an artifact's type while it has no version (Conflict otherwise)."""
+
     # -- aliases ---------------------------------------------------------------------------
     @abstractmethod
     def alias(self, name: str, alias: str) -> int | None: ...
@@ -192,6 +212,14 @@ class MetaStore(ABC):
 
     @abstractmethod
     def run_end(self, run_id: str, outcome: str, exit_status: int | None) -> None: ...
+
+    @abstractmethod
+    def run_resume(self, run_id: str, pid: int) -> bool:
+        """A run started again by ``init(id=..., resume=...)``: running once more; False if unknown."""
+
+    @abstractmethod
+    def run_log(self, run_id: str, data: dict) -> None:
+        """Merge logged values into the run's summary."""
 
     @abstractmethod
     def run(self, run_id: str) -> dict | None: ...

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS versions(
     ident TEXT NOT NULL, parent INTEGER, created REAL NOT NULL, message TEXT,
     metadata TEXT NOT NULL DEFAULT '{}', file_count INTEGER NOT NULL,
     total_bytes INTEGER NOT NULL, how TEXT NOT NULL, root_meta BLOB, links TEXT,
+    description TEXT, tags TEXT NOT NULL DEFAULT '[]', expires REAL,
     PRIMARY KEY(artifact_id, num));
 CREATE TABLE IF NOT EXISTS aliases(
     artifact_id INTEGER NOT NULL, alias TEXT NOT NULL, num INTEGER NOT NULL,
@@ -191,8 +192,11 @@ class SqliteMeta(PendingMeta, RunsMeta, MetaStore):
             if busy:
                 raise SchemaMismatch("this store was made by artfs 0.1 and still has drafts or pending versions: "
                                      "commit or discard them with artfs 0.1, then open it with this version")
-            db.execute("ALTER TABLE versions ADD COLUMN root_meta BLOB")
-            db.execute("ALTER TABLE versions ADD COLUMN links TEXT")
+            for col in ("root_meta BLOB", "links TEXT", "description TEXT", "tags TEXT NOT NULL DEFAULT '[]'",
+                        "expires REAL"):
+                db.execute(f"ALTER TABLE versions ADD COLUMN {col}")
+            for col in ("entity TEXT", "project TEXT", "summary TEXT NOT NULL DEFAULT '{}'"):
+                db.execute(f"ALTER TABLE runs ADD COLUMN {col}")
             db.execute("ALTER TABLE artifacts ADD COLUMN next_num INTEGER NOT NULL DEFAULT 0")
             db.execute("UPDATE artifacts SET next_num=(SELECT COALESCE(MAX(num)+1, 0) FROM versions v"
                        " WHERE v.artifact_id=artifacts.id)")
@@ -220,7 +224,9 @@ class SqliteMeta(PendingMeta, RunsMeta, MetaStore):
                              (name, type_ or "dataset", description, time.time()))
             return cur.lastrowid
         if type_ is not None and row["type"] != type_:
-            raise Conflict(f"{name} is a {row['type']}, not a {type_}")
+            if db.execute("SELECT 1 FROM versions WHERE artifact_id=? LIMIT 1", (row["id"],)).fetchone():
+                raise Conflict(f"{name} is a {row['type']}, not a {type_}")
+            db.execute("UPDATE artifacts SET type=? WHERE id=?", (type_, row["id"]))  # no version yet: still open
         if description is not None:
             db.execute("UPDATE artifacts SET description=? WHERE id=?", (description, row["id"]))
         return row["id"]
@@ -241,6 +247,10 @@ class SqliteMeta(PendingMeta, RunsMeta, MetaStore):
             d["metadata"], d["metadata_error"] = {}, f"not JSON ({exc})"
         if d.get("root_meta") is not None:
             d["root_meta"] = bytes(d["root_meta"])
+        try:
+            d["tags"] = json.loads(d.get("tags") or "[]")
+        except ValueError:
+            d["tags"] = []
         return d
 
     def version(self, name: str, num: int) -> dict | None:
@@ -280,14 +290,24 @@ class SqliteMeta(PendingMeta, RunsMeta, MetaStore):
                 unchanged = r is not None and r["ident"] == ident
             if unchanged:
                 num = latest
+                # W&B updates the metadata of the version whose content it is
+                if metadata:
+                    db.execute("UPDATE versions SET metadata=? WHERE artifact_id=? AND num=?",
+                               (json.dumps({**json.loads(db.execute(
+                                   "SELECT metadata FROM versions WHERE artifact_id=? AND num=?", (aid, num)
+                               ).fetchone()["metadata"] or "{}"), **metadata}, sort_keys=True), aid, num))
+                if description is not None:
+                    db.execute("UPDATE versions SET description=? WHERE artifact_id=? AND num=?",
+                               (description, aid, num))
             else:
                 num = db.execute("UPDATE artifacts SET next_num=next_num+1 WHERE id=? RETURNING next_num-1 AS n",
                                  (aid,)).fetchone()["n"]
                 db.execute(
                     "INSERT INTO versions(artifact_id, num, root, ident, parent, created, message, metadata,"
-                    " file_count, total_bytes, how, root_meta, links) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " file_count, total_bytes, how, root_meta, links, description)"
+                    " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (aid, num, root, ident, latest if parent is None else parent, time.time(), message, meta_json,
-                     file_count, total_bytes, how, root_meta, links))
+                     file_count, total_bytes, how, root_meta, links, description))
                 db.execute("INSERT OR REPLACE INTO aliases VALUES(?, 'latest', ?)", (aid, num))
             if seal is not None:
                 self._seal_in(db, seal, num)
@@ -298,6 +318,66 @@ class SqliteMeta(PendingMeta, RunsMeta, MetaStore):
                 self._reset_draft_in(db, draft_reset["id"], num, root, draft_reset["root_rec"], links,
                                      outcome.replace("{num}", str(num)))
         return num, unchanged
+
+    def update_version(self, name: str, num: int, *, metadata: dict | None = None, replace_metadata: bool = False,
+                       description: str | None = None, tags: list | None = None, expires=ANY) -> dict:
+        """Change a version's metadata, description, tags or expiry (content never changes)."""
+        with self.tx(durable=True) as db:
+            r = db.execute("SELECT v.* FROM versions v JOIN artifacts a ON a.id=v.artifact_id WHERE a.name=? AND v.num=?",
+                           (name, num)).fetchone()
+            if r is None:
+                raise NotFound(f"{name} has no v{num}")
+            if metadata is not None:
+                cur = {} if replace_metadata else json.loads(r["metadata"] or "{}")
+                cur.update(metadata)
+                db.execute("UPDATE versions SET metadata=? WHERE artifact_id=? AND num=?",
+                           (json.dumps(cur, sort_keys=True, default=str), r["artifact_id"], num))
+            if description is not None:
+                db.execute("UPDATE versions SET description=? WHERE artifact_id=? AND num=?",
+                           (description, r["artifact_id"], num))
+            if tags is not None:
+                db.execute("UPDATE versions SET tags=? WHERE artifact_id=? AND num=?",
+                           (json.dumps(sorted(set(tags))), r["artifact_id"], num))
+            if expires != ANY:
+                db.execute("UPDATE versions SET expires=? WHERE artifact_id=? AND num=?", (expires, r["artifact_id"], num))
+        return self.version(name, num)
+
+    def delete_version(self, name: str, num: int, force: bool = False) -> dict:
+        """Delete a version (its number is never reused).  Refused while a user alias points at
+        it unless ``force`` (which drops those aliases); ``latest`` moves to the newest left.
+        Returns {"latest": num|None, "aliases_removed": [...]}."""
+        with self.tx(durable=True) as db:
+            a = db.execute("SELECT id FROM artifacts WHERE name=?", (name,)).fetchone()
+            if a is None or db.execute("SELECT 1 FROM versions WHERE artifact_id=? AND num=?",
+                                       (a["id"], num)).fetchone() is None:
+                raise NotFound(f"{name} has no v{num}")
+            users = [r["alias"] for r in db.execute(
+                "SELECT alias FROM aliases WHERE artifact_id=? AND num=? AND alias<>'latest' ORDER BY alias",
+                (a["id"], num))]
+            if users and not force:
+                raise Conflict(f"{name}:v{num} has aliases {', '.join(users)}; move them, or delete with --force")
+            db.execute("DELETE FROM aliases WHERE artifact_id=? AND num=?", (a["id"], num))
+            db.execute("DELETE FROM versions WHERE artifact_id=? AND num=?", (a["id"], num))
+            r = db.execute("SELECT MAX(num) AS m FROM versions WHERE artifact_id=?", (a["id"],)).fetchone()
+            if r["m"] is not None:
+                db.execute("INSERT OR REPLACE INTO aliases VALUES(?, 'latest', ?)", (a["id"], r["m"]))
+            return {"latest": r["m"], "aliases_removed": users}
+
+    def expired_versions(self, now: float) -> list[tuple[str, int]]:
+        return [(r["name"], r["num"]) for r in self.db.execute(
+            "SELECT a.name, v.num FROM versions v JOIN artifacts a ON a.id=v.artifact_id"
+            " WHERE v.expires IS NOT NULL AND v.expires <= ? ORDER BY a.name, v.num", (now,))]
+
+    def set_artifact_type(self, name: str, type_: str) -> None:
+        """Change an artifact's type while it has no version (e.g. made by mounting NAME:draft)."""
+        with self.tx() as db:
+            a = db.execute("SELECT id, type FROM artifacts WHERE name=?", (name,)).fetchone()
+            if a is None or a["type"] == type_:
+                return
+            if db.execute("SELECT 1 FROM versions WHERE artifact_id=? LIMIT 1", (a["id"],)).fetchone():
+                raise Conflict(f"{name} is a {a['type']}, not a {type_}")
+            db.execute("UPDATE artifacts SET type=? WHERE id=?", (type_, a["id"]))
+            db.execute("UPDATE drafts SET type=? WHERE artifact=?", (type_, name))
 
     # -- aliases --------------------------------------------------------------
     def alias(self, name: str, alias: str) -> int | None:

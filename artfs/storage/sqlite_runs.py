@@ -15,7 +15,8 @@ RUNS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs(
     id TEXT PRIMARY KEY, name TEXT, job_type TEXT, grp TEXT, config TEXT NOT NULL DEFAULT '{}',
     command TEXT, cwd TEXT, host TEXT, user TEXT, pid INTEGER, started REAL NOT NULL, ended REAL,
-    outcome TEXT NOT NULL DEFAULT 'running', exit_status INTEGER);
+    outcome TEXT NOT NULL DEFAULT 'running', exit_status INTEGER, entity TEXT, project TEXT,
+    summary TEXT NOT NULL DEFAULT '{}');
 CREATE TABLE IF NOT EXISTS run_inputs(
     run_id TEXT NOT NULL, artifact TEXT NOT NULL, num INTEGER NOT NULL, at REAL NOT NULL,
     PRIMARY KEY(run_id, artifact, num));
@@ -38,6 +39,23 @@ class RunsMeta:
         with self.tx() as db:
             db.execute(f"INSERT INTO runs({cols}) VALUES({', '.join('?' * len(row))})", tuple(row.values()))
 
+    def run_resume(self, run_id: str, pid: int) -> bool:
+        """A run started again (``init(id=..., resume=...)``): running once more; False if unknown."""
+        with self.tx() as db:
+            cur = db.execute("UPDATE runs SET outcome='running', ended=NULL, exit_status=NULL, pid=? WHERE id=?",
+                             (pid, run_id))
+            return cur.rowcount > 0
+
+    def run_log(self, run_id: str, data: dict) -> None:
+        """Merge logged values into the run's summary (the last value of each key wins)."""
+        with self.tx() as db:
+            r = db.execute("SELECT summary FROM runs WHERE id=?", (run_id,)).fetchone()
+            if r is None:
+                return
+            summary = json.loads(r["summary"] or "{}")
+            summary.update(data)
+            db.execute("UPDATE runs SET summary=? WHERE id=?", (json.dumps(summary, sort_keys=True, default=str), run_id))
+
     def run_end(self, run_id: str, outcome: str, exit_status: int | None) -> None:
         with self.tx() as db:
             db.execute("UPDATE runs SET ended=?, outcome=?, exit_status=? WHERE id=?",
@@ -55,6 +73,7 @@ class RunsMeta:
     def _run(r) -> dict:
         d = dict(r)
         d["config"] = json.loads(d["config"] or "{}")
+        d["summary"] = json.loads(d.get("summary") or "{}")
         d["group"] = d.pop("grp")
         return d
 
