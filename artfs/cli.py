@@ -60,9 +60,10 @@ from .storage.format import DIR, FILE, REF, SYMLINK, KIND_NAMES, split_path
 from .storage.store import Store, default_store_path
 
 #: modules that add commands with ``register(group)``; missing ones are skipped
-PLUGINS = ("artfs.fuse.cli_mount", "artfs.runs_cli")
+PLUGINS = ("artfs.fuse.cli_mount", "artfs.runs_cli", "artfs.transfer_cli")
 #: commands those modules are expected to provide (for a clear message when they cannot load)
-PLUGIN_COMMANDS = {"artfs.fuse.cli_mount": ("mount", "umount", "commit", "status"), "artfs.runs_cli": ("runs", "lineage", "rm", "run")}
+PLUGIN_COMMANDS = {"artfs.fuse.cli_mount": ("mount", "umount", "commit", "status"), "artfs.runs_cli": ("runs", "lineage", "rm", "run"),
+                   "artfs.transfer_cli": ("push", "pull")}
 
 
 # -- output helpers -------------------------------------------------------------------
@@ -195,9 +196,34 @@ def cli(ctx: click.Context, store_path: str | None):
 # -- store --------------------------------------------------------------------------------
 
 @cli.command()
+@click.option("--meta", "meta_dsn", metavar="DSN",
+              help="Scale-out: the PostgreSQL metadata store, postgresql://[user@]host[:port]/db (password from "
+                   "PGPASSWORD/~/.pgpass or ARTFS_META_DSN, never written down).")
+@click.option("--objects", "objects_url", metavar="s3://BUCKET/PREFIX",
+              help="Scale-out: where objects go (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY).")
+@click.option("--endpoint", metavar="URL", help="Scale-out: the S3 endpoint (default: AWS, or $AWS_ENDPOINT_URL).")
+@click.option("--region", metavar="REGION", help="Scale-out: the bucket's region (default: $AWS_REGION or us-east-1).")
+@click.option("--cache-size", metavar="SIZE", help="Scale-out: each machine's object cache bound (default 4G).")
 @pass_env
-def init(env: Env):
-    """Create the store (idempotent); prints its path."""
+def init(env: Env, meta_dsn, objects_url, endpoint, region, cache_size):
+    """Create the store (idempotent); prints its path.
+
+    With --meta and --objects: a scale-out store shared by many machines; the store path is then a
+    small description file, and a copy of it is all another machine needs."""
+    scale = (meta_dsn, objects_url, endpoint, region, cache_size)
+    if any(x is not None for x in scale):
+        if meta_dsn is None or objects_url is None:
+            raise BadInput("a scale-out store needs both --meta postgresql://... and --objects s3://BUCKET/PREFIX")
+        from .storage.cache import parse_size
+        from .storage.scaleout import init_scaleout
+
+        try:
+            size = parse_size(cache_size) if cache_size is not None else None
+        except ValueError as exc:
+            raise BadInput(f"--cache-size: {exc}") from None
+        s = init_scaleout(env.store_path, meta_dsn, objects_url, endpoint=endpoint, region=region, cache_size=size)
+        click.echo(s.path)
+        return
     s = Store.init(env.store_path)
     click.echo(s.path)
 

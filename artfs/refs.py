@@ -17,6 +17,8 @@ class Ref:
     version: int | None = None  # NAME:vN
     alias: str | None = None  # NAME:ALIAS (also "latest")
     draft: bool = False  # NAME:draft
+    entity: str | None = None  # W&B's ENTITY/PROJECT/NAME:ALIAS: accepted, and recorded by runs
+    project: str | None = None
 
     def __str__(self) -> str:
         if self.draft:
@@ -45,9 +47,16 @@ def check_alias(alias: str) -> str:
 
 
 def parse_ref(text: str) -> Ref:
-    """Parse a reference; raise BadInput with what is wrong."""
+    """Parse a reference (``[ENTITY/[PROJECT/]]NAME[:vN|:ALIAS|:draft]``); BadInput says what is wrong."""
     if not isinstance(text, str) or not text:
         raise BadInput("empty reference: expected NAME, NAME:vN, NAME:ALIAS or NAME:draft")
+    if "/" in text:
+        *scope, last = text.split("/")
+        if len(scope) > 2 or not all(NAME_RE.fullmatch(p) for p in scope):
+            raise BadInput(f"bad reference {text!r}: expected [ENTITY/[PROJECT/]]NAME[:vN|:ALIAS]")
+        r = parse_ref(last)
+        entity, project = (scope + [None, None])[:2] if len(scope) == 2 else (None, scope[0])
+        return Ref(r.name, r.version, r.alias, r.draft, entity, project)
     if text.count(":") > 1:
         raise BadInput(f"bad reference {text!r}: expected NAME, NAME:vN, NAME:ALIAS or NAME:draft")
     name, sep, tail = text.partition(":")

@@ -155,6 +155,8 @@ def check_drafts(store) -> list[str]:
         except (Corrupt, ArtfsError) as exc:
             problems.append(f"draft {label} is damaged: {exc}")
             continue
+        if not store.draft_here(row):
+            continue  # its scratch files live on another machine (scale-out): checked there
         for name in sorted(d.referenced_scratch()):
             if d.scratch_stat(name) is None:
                 problems.append(f"missing scratch file {name} of draft {label}")
@@ -205,6 +207,8 @@ def gc(store, progress=None) -> tuple[int, int]:
             if name not in live:
                 shutil.rmtree(os.path.join(ddir, name), ignore_errors=True)
         for row in live.values():
+            if not store.draft_here(row):
+                continue  # another machine's scratch files: its gc cleans them
             d = Draft(store, row)
             try:
                 with lock_draft(store, d):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -142,3 +143,69 @@ def export(store, v: VersionInfo, dest: str, progress=None) -> int:
     if skipped and progress:
         progress.note(f"{skipped} device file(s) not created: that needs root")
     return len(jobs)
+
+
+def refresh(store, v: VersionInfo, dest: str, prune: bool = False) -> dict:
+    """Make ``dest`` hold the version's files again, reusing what is already right: a file whose
+    bytes hash to the recorded digest is kept, a missing or different one is written anew (to a
+    temporary name, then renamed).  ``prune``: also remove what the version does not have (W&B's
+    ``checkout``).  Returns counts."""
+    from ..storage.hashing import hash_fd
+    from .content import open_nofollow
+
+    if not os.path.isdir(dest) or not os.listdir(dest):
+        return {"written": export(store, v, dest), "kept": 0, "removed": 0}
+    written = kept = removed = 0
+    want: set[str] = set()
+    for p, e in walk(store, v.root):
+        out = os.path.join(dest, os.fsdecode(b"/".join(p)))
+        want.add(out)
+        if e.kind == DIR:
+            if not os.path.isdir(out):
+                if os.path.lexists(out):
+                    os.unlink(out)
+                os.mkdir(out, 0o700)
+                _finish_node(out, e, os.geteuid() == 0)
+            continue
+        if e.kind not in (FILE, REF):
+            continue
+        try:
+            fd = open_nofollow(out)
+            try:
+                same = os.fstat(fd).st_size == e.size and hash_fd(fd)[0] == e.digest
+            finally:
+                os.close(fd)
+        except OSError:
+            same = False
+        if same:
+            kept += 1
+            continue
+        tmp = os.path.join(os.path.dirname(out), f".artfs-{uuid.uuid4().hex[:12]}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            for buf in iter_content(store, e):
+                view = memoryview(buf)
+                while view:
+                    view = view[os.write(fd, view):]
+            _set_xattrs(fd, e)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        _finish_node(tmp, e, os.geteuid() == 0)
+        if os.path.isdir(out) and not os.path.islink(out):
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+        written += 1
+    if prune:
+        for dirpath, dirs, files in os.walk(dest, topdown=False):
+            for name in files + dirs:
+                full = os.path.join(dirpath, name)
+                if full not in want:
+                    if os.path.isdir(full) and not os.path.islink(full):
+                        shutil.rmtree(full)
+                    else:
+                        os.unlink(full)
+                    removed += 1
+    return {"written": written, "kept": kept, "removed": removed}

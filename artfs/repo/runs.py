@@ -30,8 +30,19 @@ def new_id() -> str:
 
 
 def start(store, job_type: str | None = None, group: str | None = None, name: str | None = None,
-          config: dict | None = None, command: list[str] | None = None) -> str:
-    run_id = new_id()
+          config: dict | None = None, command: list[str] | None = None, run_id: str | None = None,
+          resume: bool = False, entity: str | None = None, project: str | None = None) -> str:
+    """Record a run starting; returns its id.  With ``run_id`` and ``resume`` an existing run of
+    that id goes on (W&B's ``init(id=..., resume=...)``); a new id must be fresh."""
+    if run_id is not None:
+        check_run_id(run_id)
+        if store.meta.run(run_id) is not None:
+            if not resume:
+                raise BadInput(f"a run {run_id!r} exists already: pass resume=True to go on with it")
+            store.meta.run_resume(run_id, os.getpid())
+            return run_id
+    else:
+        run_id = new_id()
     try:
         user = getpass.getuser()
     except Exception:  # no passwd entry in some containers
@@ -40,7 +51,23 @@ def start(store, job_type: str | None = None, group: str | None = None, name: st
         "id": run_id, "name": name or run_id, "job_type": job_type, "grp": group, "config": config,
         "command": " ".join(command if command is not None else sys.argv), "cwd": os.getcwd(),
         "host": socket.gethostname(), "user": user, "pid": os.getpid(), "started": time.time(),
+        "entity": entity, "project": project,
     })
+    return run_id
+
+
+def log(store, run_id: str, data: dict) -> None:
+    """Record logged values (W&B's ``run.log``): the run's summary keeps the last of each."""
+    if not isinstance(data, dict):
+        raise BadInput("log takes a dict of values")
+    store.meta.run_log(run_id, {str(k): v for k, v in data.items()})
+
+
+def check_run_id(run_id) -> str:
+    import re
+
+    if not isinstance(run_id, str) or not re.fullmatch(r"[0-9A-Za-z._-]{1,64}", run_id):
+        raise BadInput(f"bad run id {run_id!r}: letters, digits, '.', '_' or '-', at most 64")
     return run_id
 
 
@@ -90,10 +117,7 @@ def state(row: dict) -> str:
 
 
 def get(store, run_id: str) -> dict:
-    import re
-
-    if not isinstance(run_id, str) or not re.fullmatch(r"[0-9A-Za-z._-]{1,64}", run_id):
-        raise BadInput(f"bad run id {run_id!r}")
+    check_run_id(run_id)
     row = store.meta.run(run_id)
     if row is None:
         recent = ", ".join(r["id"] for r in store.meta.runs(5))
@@ -108,7 +132,8 @@ def describe(store, run_id: str) -> dict:
         "id": row["id"], "name": row["name"], "job_type": row["job_type"], "group": row["group"],
         "config": row["config"], "command": row["command"], "cwd": row["cwd"], "host": row["host"],
         "user": row["user"], "pid": row["pid"], "started": row["started"], "ended": row["ended"],
-        "outcome": state(row), "exit_status": row["exit_status"],
+        "outcome": state(row), "exit_status": row["exit_status"], "entity": row.get("entity"),
+        "project": row.get("project"), "summary": row.get("summary", {}),
         "used": [f"{r['artifact']}:v{r['num']}" for r in store.meta.run_inputs(run_id)],
         "produced": [f"{r['artifact']}:v{r['num']}" for r in store.meta.run_outputs(run_id)],
         "pending_upserts": [f"{r['artifact']} (pending {r['distributed_id']})"

@@ -226,3 +226,15 @@ def link_table(store: Store, digest: bytes | None) -> dict[bytes, list[tuple]]:
 def entries(store: Store, e: Entry) -> list[Entry]:
     """The entries of a directory entry, or ``[e]`` for anything else (``ls``)."""
     return store.tree(e.digest) if e.kind == DIR else [e]
+
+
+def link_version(store: Store, v: VersionInfo, target: str) -> VersionInfo:
+    """The content of ``v`` as the next version of artifact ``target`` (shared by digest: no copy)."""
+    from ..storage.meta import ANY
+    from .commit import create_version
+
+    check_artifact_name(target)
+    with store.writing():
+        num, _, _ = create_version(store, target, v.type, v.root_entry(), link_table(store, v.links), base=None,
+                                   expected=ANY, message=f"linked from {v.ref}", metadata=v.metadata, how="linked")
+    return version(store, target, num)

@@ -69,6 +69,7 @@ class DraftLock:
     def __init__(self, store, draft: Draft):
         self.path = store.draft_lock_path(draft.scratch_uuid)
         self.fd = -1
+        self.claim = None  # the store's hold across machines (scale-out), see lock_draft
 
     def acquire(self, what: str) -> "DraftLock":
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -84,6 +85,9 @@ class DraftLock:
         return self
 
     def release(self) -> None:
+        if self.claim is not None:
+            self.claim.release()
+            self.claim = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -96,7 +100,15 @@ class DraftLock:
 
 
 def lock_draft(store, draft: Draft) -> DraftLock:
-    return DraftLock(store, draft).acquire(draft_label(draft.key))
+    lock = DraftLock(store, draft).acquire(draft_label(draft.key))
+    try:
+        # a scale-out store also holds it across machines, and refuses a draft whose scratch
+        # files live on another machine
+        lock.claim = store.claim_draft(draft, draft_label(draft.key))
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def is_locked(store, draft: Draft) -> bool:

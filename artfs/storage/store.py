@@ -120,6 +120,10 @@ class Store:
         refused; an existing directory gets private modes (0700), since the store holds names
         and data."""
         path = os.path.abspath(path or default_store_path())
+        if os.path.isfile(path):  # a scale-out store's description: it exists already
+            from .scaleout import open_scaleout
+
+            return open_scaleout(path)
         if os.path.isdir(path) and not os.path.exists(os.path.join(path, MARKER)):
             foreign = set(os.listdir(path)) - STORE_NAMES  # another process may be creating it right now
             if foreign:
@@ -228,6 +232,16 @@ class Store:
 
     def log_dir(self) -> str:
         return os.path.join(self.state_dir, "logs")
+
+    # -- drafts across machines (a local store is one machine) ---------------------------
+    def draft_here(self, row: dict) -> bool:
+        """Whether a draft's scratch files (if any) live on this machine."""
+        return True
+
+    def claim_draft(self, draft, what: str):
+        """Called by ``repo.lock_draft`` once it holds the local lock: something with
+        ``release()`` to hold the draft across machines, or None (nothing more to hold)."""
+        return None
 
     # -- the gc rule -------------------------------------------------------------
     def writing(self):
