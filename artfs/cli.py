@@ -60,7 +60,7 @@ from .storage.format import DIR, FILE, REF, SYMLINK, KIND_NAMES, split_path
 from .storage.store import Store, default_store_path
 
 #: modules that add commands with ``register(group)``; missing ones are skipped
-PLUGINS = ("artfs.fuse.cli_mount", "artfs.runs_cli", "artfs.transfer_cli")
+PLUGINS = ("artfs.fuse.cli_mount", "artfs.runs_cli", "artfs.transfer_cli", "artfs.catalog_cli")
 #: commands those modules are expected to provide (for a clear message when they cannot load)
 PLUGIN_COMMANDS = {"artfs.fuse.cli_mount": ("mount", "umount", "commit", "status"), "artfs.runs_cli": ("runs", "lineage", "rm", "run"),
                    "artfs.transfer_cli": ("push", "pull")}
@@ -236,14 +236,17 @@ def init(env: Env, meta_dsn, objects_url, endpoint, region, cache_size):
 @click.option("--distributed-id", metavar="ID", help="Upsert DIR's files into this collaborative version.")
 @click.option("--patch", is_flag=True, help="Add or replace DIR's files on top of latest; remove nothing.")
 @click.option("--prefix", metavar="P", default="", help="With --patch: put DIR's files under P.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_env
 def put(env: Env, name: str, src: str, type_: str | None, message: str | None, distributed_id: str | None,
-        patch: bool, prefix: str):
+        patch: bool, prefix: str, as_json: bool):
     """Make a new version of NAME from the directory DIR (no FUSE).
 
     Prints NAME:vN, or NAME:vK (unchanged) when DIR equals the latest version.
     With --distributed-id, DIR's files are upserted into that pending version
     instead (putting the same DIR again replaces its earlier upsert).
+
+    Example: artfs put mnist ./data/mnist -m "fix labels"
     """
     s = env.store()
     check_artifact_name(name)
@@ -261,7 +264,7 @@ def put(env: Env, name: str, src: str, type_: str | None, message: str | None, d
             v = a.save(message)
         finally:
             a.discard()
-        click.echo(f"{v.ref} (unchanged)" if v.unchanged else v.ref)
+        _version_result(as_json, v.ref, v.unchanged)
         return
     if distributed_id is not None:
         a = _collab_writer(s, name, type_, distributed_id, src)
@@ -269,12 +272,24 @@ def put(env: Env, name: str, src: str, type_: str | None, message: str | None, d
             p = a.upsert(distributed_id)
         finally:
             a.discard()
-        click.echo(f"upserted into {name} (pending {distributed_id}): {p['contributed']} files,"
-                   f" {p['files']} in all from {len(p['writers'])} writer(s)")
+        if as_json:
+            _echo_json({"pending": distributed_id, "artifact": name, "contributed": p["contributed"],
+                        "files": p["files"], "writers": len(p["writers"])})
+        else:
+            click.echo(f"upserted into {name} (pending {quote_text(distributed_id)}): {p['contributed']} files,"
+                       f" {p['files']} in all from {len(p['writers'])} writer(s)")
         return
     with env.progress(f"put {name}") as p:
         v, unchanged = repo.put_dir(s, name, src, type_=type_, message=message, progress=p)
-    click.echo(f"{v.ref} (unchanged)" if unchanged else v.ref)
+    _version_result(as_json, v.ref, unchanged)
+
+
+def _version_result(as_json: bool, ref: str, unchanged: bool) -> None:
+    """What put, finish and the like print: NAME:vN [(unchanged)], or JSON {ref, unchanged}."""
+    if as_json:
+        _echo_json({"ref": ref, "unchanged": unchanged})
+    else:
+        click.echo(f"{ref} (unchanged)" if unchanged else ref)
 
 
 # -- collaborative versions (DESIGN.md §6) -----------------------------------------------------
@@ -306,9 +321,13 @@ def _collab_writer(s: Store, name: str, type_: str | None, did: str, src: str):
 @click.argument("src", metavar="[DIR]", required=False)
 @click.option("--distributed-id", metavar="ID", help="The collaborative version (default: $ARTFS_GROUP).")
 @click.option("-m", "--message", metavar="MSG", help="Message of the new version.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_env
-def finish(env: Env, name: str, src: str | None, distributed_id: str | None, message: str | None):
-    """Seal a collaborative version of NAME as its next version (upserting DIR first, if given)."""
+def finish(env: Env, name: str, src: str | None, distributed_id: str | None, message: str | None, as_json: bool):
+    """Seal a collaborative version of NAME as its next version (upserting DIR first, if given).
+
+    Example: artfs finish results --distributed-id run42
+    """
     s = env.store()
     check_artifact_name(name)
     did = collab.distributed_id(distributed_id)
@@ -317,10 +336,10 @@ def finish(env: Env, name: str, src: str | None, distributed_id: str | None, mes
             raise BadInput(f"not a directory: {src}")
         a = _collab_writer(s, name, None, did, src)
         v = a.finish(did, message)
-        click.echo(f"{v.ref} (unchanged)" if v.unchanged else v.ref)
+        _version_result(as_json, v.ref, v.unchanged)
         return
     num, unchanged = collab.finish(s, name, did, message)
-    click.echo(f"{name}:v{num}" + (" (unchanged)" if unchanged else ""))
+    _version_result(as_json, f"{name}:v{num}", unchanged)
 
 
 @cli.command()
@@ -405,27 +424,33 @@ def _pending_lines(s: Store, name: str) -> list[str]:
 
 # -- reading ---------------------------------------------------------------------------------
 
-def _version_json(v: repo.VersionInfo, aliases: list[str]) -> dict:
-    return {
-        "ref": v.ref, "artifact": v.artifact, "type": v.type, "version": v.num, "aliases": aliases,
-        "created": v.created, "created_utc": _iso(v.created), "message": v.message, "metadata": v.metadata,
-        "file_count": v.file_count, "total_bytes": v.total_bytes, "how": v.how, "parent": v.parent,
-        "digest": v.ident.hex(),
-    }
-
-
 @cli.command()
 @click.argument("name")
+@click.option("-n", "limit", type=click.IntRange(1), metavar="N", help="Only the newest N versions.")
+@click.option("--alias", "alias", metavar="ALIAS", help="Only versions that carry ALIAS.")
+@click.option("--since", metavar="WHEN", help="Only versions made since WHEN (a date 2026-11-01[ 12:00], or an age: 2d, 3h).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_env
-def log(env: Env, name: str, as_json: bool):
-    """Versions of NAME, newest first, with their aliases."""
+def log(env: Env, name: str, limit: int | None, alias: str | None, since: str | None, as_json: bool):
+    """Versions of NAME, newest first: aliases, how made, by which run, message, metadata.
+
+    Example: artfs log mnist -n 5 --since 7d
+    """
+    from .catalog_cli import version_json
+
     s = env.store()
     check_artifact_name(name)
     aliases = repo.aliases(s, name)
     versions = repo.list_versions(s, name)
+    if alias is not None:
+        versions = [v for v in versions if alias in aliases.get(v.num, [])]
+    if since is not None:
+        cutoff = _since(since)
+        versions = [v for v in versions if v.created >= cutoff]
+    if limit is not None:
+        versions = versions[:limit]
     if as_json:
-        rows = [_version_json(v, aliases.get(v.num, [])) for v in versions]
+        rows = [version_json(s, v, aliases.get(v.num, [])) for v in versions]
         rows += [{"pending": p["distributed_id"], "artifact": name, "parent": p["parent"], "files": p["files"],
                   "created": p["created"], "writers": [{"writer": w["writer"], "label": w["label"], "files": w["rows"]}
                                                        for w in p["writers"]]}
@@ -435,8 +460,10 @@ def log(env: Env, name: str, as_json: bool):
     for line in _pending_lines(s, name):
         click.echo(line)
     if not versions:
-        click.echo(f"{name} has no versions yet", err=True)
+        click.echo(f"{name} has no versions" + (" matching" if (alias or since or limit) else " yet"), err=True)
         return
+    from .repo import runs
+
     heads = [v.ref + (f" ({', '.join(aliases[v.num])})" if aliases.get(v.num) else "") for v in versions]
     w_head = max(map(len, heads))
     w_files = max(len(str(v.file_count)) for v in versions)
@@ -444,9 +471,33 @@ def log(env: Env, name: str, as_json: bool):
     w_how = max(len(v.how) for v in versions)
     for head, v in zip(heads, versions):
         msg = quote_text((v.message or "").splitlines()[0]) if v.message else ""
+        prods = runs.producers(s, v.artifact, v.num)
+        by = f"  run {prods[0]['run_id']}" if prods else ""
+        extra = ""
+        if v.metadata:
+            extra += "  " + quote_text(json.dumps(v.metadata, sort_keys=True))
+        if v.description:
+            extra += "  " + quote_text(v.description.splitlines()[0])
         line = (f"{head:<{w_head}}  {_when(v.created)}  {v.file_count:>{w_files}} files  "
-                f"{v.total_bytes:>{w_bytes}} bytes  {v.how:<{w_how}}  {msg}")
+                f"{v.total_bytes:>{w_bytes}} bytes  {v.how:<{w_how}}{by}  {msg}{extra}")
         click.echo(line.rstrip())
+
+
+def _since(text: str) -> float:
+    """A point in time: a date (local), or an age before now (7d, 3h, 30m)."""
+    from datetime import datetime
+
+    from .catalog_cli import parse_duration
+
+    for form in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            return datetime.strptime(text, form).timestamp()
+        except ValueError:
+            continue
+    secs = parse_duration(text)
+    if secs is None:
+        raise BadInput(f"bad --since {text!r}: a date like 2026-11-01 or an age like 7d")
+    return time.time() - secs
 
 
 def _entry_json(e) -> dict:
@@ -570,61 +621,95 @@ def diff(env: Env, ref1: str, ref2: str, as_json: bool):
 @click.argument("ref")
 @click.argument("alias", required=False)
 @click.option("-d", "--delete", is_flag=True, help="Delete the alias NAME:ALIAS given as the argument.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_env
-def alias_(env: Env, ref: str, alias: str | None, delete: bool):
-    """Point ALIAS at the version REF names, or --delete NAME:ALIAS."""
+def alias_(env: Env, ref: str, alias: str | None, delete: bool, as_json: bool):
+    """Point ALIAS at the version REF names, or --delete NAME:ALIAS.
+
+    Example: artfs alias mnist:v3 production
+    """
     if delete:
         if alias is not None:
             raise click.UsageError("with --delete, give one argument: NAME:ALIAS")
         s = env.store()
         repo.delete_alias(s, ref)
-        click.echo(f"deleted {ref}")
+        if as_json:
+            _echo_json({"deleted": ref})
+        else:
+            click.echo(f"deleted {ref}")
         return
     if alias is None:
         raise click.UsageError("missing argument 'ALIAS' (or use --delete NAME:ALIAS)")
     s = env.store()
     v = repo.set_alias(s, ref, alias)
-    click.echo(f"{v.artifact}:{alias} -> {v.ref}")
+    if as_json:
+        _echo_json({"alias": f"{v.artifact}:{alias}", "ref": v.ref})
+    else:
+        click.echo(f"{v.artifact}:{alias} -> {v.ref}")
 
 
 @cli.command()
 @click.argument("ref")
 @click.argument("dest", metavar="DIR")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_env
-def export(env: Env, ref: str, dest: str):
-    """Write a version's files into DIR (new or empty), with modes, mtimes and symlinks."""
+def export(env: Env, ref: str, dest: str, as_json: bool):
+    """Write a version into DIR (new or empty) as it is: modes, owners (as root), times, xattrs,
+    hard links, symlinks and special files.
+
+    Example: artfs export mnist:production ./out
+    """
     s = env.store()
     v = repo.resolve(s, ref)
     with env.progress(f"export {v.ref}") as p:
         n = repo.export(s, v, dest, progress=p)
-    click.echo(f"{v.ref} -> {quote(dest)} ({n} files)")
+    if as_json:
+        _echo_json({"ref": v.ref, "dest": os.path.abspath(dest), "files": n})
+    else:
+        click.echo(f"{v.ref} -> {quote(dest)} ({n} files)")
 
 
 # -- maintenance ---------------------------------------------------------------------------
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_env
-def fsck(env: Env):
-    """Check every object and version; prints each problem (exit 1), else a summary."""
+def fsck(env: Env, as_json: bool):
+    """Check every object, version and draft; prints each problem (exit 1), else a summary.
+
+    Example: artfs fsck
+    """
     s = env.store()
     with env.progress("fsck") as p:
         problems = repo.fsck(s, progress=p)
+    nobj, nver = repo.counts(s)
+    if as_json:
+        _echo_json({"ok": not problems, "problems": problems, "objects": nobj, "versions": nver})
+        if problems:
+            raise click.exceptions.Exit(1)
+        return
     if problems:
         for line in problems:
-            click.echo(line)
+            click.echo(quote_text(line))
         _die(f"fsck found {len(problems)} problem{'s' if len(problems) != 1 else ''}", 1)
-    nobj, nver = repo.counts(s)
     click.echo(f"ok: {nobj} objects, {nver} versions")
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_env
-def gc(env: Env):
-    """Delete objects that no version, draft or pending version uses."""
+def gc(env: Env, as_json: bool):
+    """Delete expired versions, and objects that no version, draft or pending version uses.
+
+    Example: artfs gc
+    """
     s = env.store()
     with env.progress("gc") as p:
         removed, freed = repo.gc(s, progress=p)
-    click.echo(f"removed {removed} object{'s' if removed != 1 else ''} ({freed} bytes)")
+    if as_json:
+        _echo_json({"objects_removed": removed, "bytes_freed": freed})
+    else:
+        click.echo(f"removed {removed} object{'s' if removed != 1 else ''} ({freed} bytes)")
 
 
 # -- commands from other modules ------------------------------------------------------------

@@ -69,3 +69,25 @@ def json_path(p: "str | bytes", key: str = "path") -> dict:
     except UnicodeDecodeError:
         out[key + "_b64"] = base64.b64encode(b).decode()
     return out
+
+
+_UNESCAPES = {"a": 7, "b": 8, "t": 9, "n": 10, "v": 11, "f": 12, "r": 13, '"': 34, "\\": 92}
+
+
+def unquote(s: str) -> bytes:
+    """The bytes of a name as :func:`quote` printed it."""
+    if not (len(s) >= 2 and s.startswith('"') and s.endswith('"')):
+        return s.encode("utf-8", "surrogateescape")
+    body, out, i = s[1:-1], bytearray(), 0
+    while i < len(body):
+        ch = body[i]
+        if ch != "\\":
+            out += ch.encode("utf-8")
+            i += 1
+        elif body[i + 1:i + 4].isdigit() and len(body[i + 1:i + 4]) == 3:
+            out.append(int(body[i + 1:i + 4], 8))
+            i += 4
+        else:
+            out.append(_UNESCAPES[body[i + 1]])
+            i += 2
+    return bytes(out)

@@ -79,16 +79,23 @@ def register(group) -> None:
     @click.argument("name")
     @click.argument("paths", nargs=-1, required=True)
     @click.option("-m", "--message", metavar="MSG")
+    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
     @pass_env
-    def rm_cmd(env, name, paths, message):
-        """A new version of NAME without PATHS (patch mode; cost follows the paths given)."""
+    def rm_cmd(env, name, paths, message, as_json):
+        """A new version of NAME without PATHS (patch mode; cost follows the paths given).
+
+        Example: artfs rm mnist train/broken.png
+        """
         from .api import use_artifact
+        from .errors import BadInput, NotFound
         from .refs import check_artifact_name
 
         s = env.store()
+        if ":" in name:
+            base = name.split(":", 1)[0]
+            raise BadInput(f"rm takes an artifact name, not a version: it makes a new version from latest"
+                           f" (artfs rm {base} PATH...); to make one from an older version, mount a draft of it")
         check_artifact_name(name)
-        from .errors import NotFound
-
         latest = use_artifact(f"{name}:latest", store=s)
         d = latest.new_draft()
         try:
@@ -100,7 +107,10 @@ def register(group) -> None:
             v = d.save(message)
         finally:
             d.discard()
-        click.echo(f"{v.ref} (unchanged)" if v.unchanged else v.ref)
+        if as_json:
+            _echo_json({"ref": v.ref, "unchanged": v.unchanged})
+        else:
+            click.echo(f"{v.ref} (unchanged)" if v.unchanged else v.ref)
 
     @group.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
     @click.option("--in", "ins", multiple=True, metavar="DIR=REF", help="Mount REF read-only at DIR.")

@@ -31,10 +31,14 @@ def _check_mountpoint(mnt: str) -> str:
         raise BadInput(f"mountpoint {mnt} is not empty")
     if not os.path.exists("/dev/fuse"):
         raise ArtfsError("/dev/fuse is missing: install fuse3 and load the fuse module")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise ArtfsError("cannot open /dev/fuse: permission denied (mounting needs read-write access to it:"
+                         " ask for the 'fuse' group, or mount as root)")
     return mnt
 
 
-def mount(store, ref_text: str, mnt: str, foreground=False, allow_other=False, debug=False, distributed_id=None) -> None:
+def mount(store, ref_text: str, mnt: str, foreground=False, allow_other=False, debug=False, distributed_id=None,
+          type_: str | None = None) -> None:
     """Mount ``ref_text`` at ``mnt``; returns once it is serving (or raises with the reason)."""
     from .. import repo
 
@@ -56,7 +60,7 @@ def mount(store, ref_text: str, mnt: str, foreground=False, allow_other=False, d
         from .daemon import serve
 
         code = serve(store.path, ref_text, mnt, foreground=True, allow_other=allow_other, debug=debug,
-                     distributed_id=distributed_id, ready=lambda m: print(m if m != "ok" else f"mounted {ref_text} at {mnt}", file=sys.stderr))
+                     distributed_id=distributed_id, type_=type_, ready=lambda m: print(m if m != "ok" else f"mounted {ref_text} at {mnt}", file=sys.stderr))
         if code:
             raise SystemExit(code)
         return
@@ -68,6 +72,8 @@ def mount(store, ref_text: str, mnt: str, foreground=False, allow_other=False, d
         cmd.append("--debug")
     if distributed_id:
         cmd += ["--distributed-id", distributed_id]
+    if type_:
+        cmd += ["--type", type_]
     cmd += [ref_text, mnt]
     log_fd = os.open(os.path.join(store.log_dir(), "daemon-stderr.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
@@ -180,6 +186,68 @@ def status(mnt: str) -> str:
         return f.read()
 
 
+MOUNT_OPTIONS = {"allow_other"}
+# generic options mount(8) and fstab pass along that mean nothing to artfs
+IGNORED_OPTIONS = {"rw", "ro", "defaults", "auto", "noauto", "user", "users", "nouser", "_netdev", "nofail", "suid",
+                   "nosuid", "dev", "nodev", "exec", "noexec", "atime", "noatime", "relatime", "async", "sync"}
+
+
+def _parse_options(options) -> dict:
+    """-o a,b,key=value -> {"allow_other": True, "store": ..., "type": ..., "distributed_id": ...}."""
+    out = {}
+    for opt in options:
+        for o in opt.split(","):
+            if not o or o in IGNORED_OPTIONS or o.startswith("x-"):
+                continue
+            k, sep, v = o.partition("=")
+            if k in MOUNT_OPTIONS and not sep:
+                out[k] = True
+            elif k in ("store", "type", "distributed_id") and sep and v:
+                out[k] = v
+            else:
+                raise BadInput(f"unknown mount option {o!r} (artfs takes allow_other, store=, type=, distributed_id=)")
+    return out
+
+
+def mount_helper(argv=None) -> None:
+    """``mount.fuse.artfs REF MOUNTPOINT [-o OPTIONS]``: what ``mount -t fuse.artfs`` and an
+    ``/etc/fstab`` line (``mnist:v3 /mnt/m fuse.artfs store=/data/store,allow_other 0 0``) run."""
+    from ..cli import main
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    pos, opts = [], []
+    i = 0
+    while i < len(args):
+        if args[i] == "-o" and i + 1 < len(args):
+            opts.append(args[i + 1])
+            i += 2
+            continue
+        if args[i].startswith("-o") and len(args[i]) > 2:
+            opts.append(args[i][2:])
+        elif args[i] in ("-n", "-s", "-f", "-v"):  # mount(8)'s own flags
+            pass
+        else:
+            pos.append(args[i])
+        i += 1
+    if len(pos) != 2:
+        print("usage: mount.fuse.artfs REF MOUNTPOINT [-o store=PATH,allow_other,...]", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        parsed = _parse_options(opts)
+    except BadInput as exc:
+        print(f"artfs: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    cli_args = ["--store", parsed["store"]] if "store" in parsed else []
+    cli_args += ["mount", pos[0], pos[1]]
+    if parsed.get("allow_other"):
+        cli_args += ["-o", "allow_other"]
+    if "type" in parsed:
+        cli_args += ["--type", parsed["type"]]
+    if "distributed_id" in parsed:
+        cli_args += ["--distributed-id", parsed["distributed_id"]]
+    main(cli_args)
+
+
 def register(group) -> None:
     """Add the mount commands to the CLI's click group."""
     from ..cli import pass_env
@@ -188,19 +256,31 @@ def register(group) -> None:
     @click.argument("ref")
     @click.argument("mountpoint")
     @click.option("--foreground", "-f", is_flag=True, help="stay attached and serve until unmounted")
-    @click.option("-o", "options", multiple=True, help="mount option (allow_other)")
+    @click.option("-o", "options", multiple=True, help="mount options: allow_other")
     @click.option("--debug", is_flag=True)
     @click.option("--distributed-id", default=None, help="upsert into this collaborative version")
+    @click.option("--type", "type_", metavar="T", help="the artifact's type, for a draft of a new artifact")
+    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
     @pass_env
-    def mount_cmd(env, ref, mountpoint, foreground, options, debug, distributed_id):
-        """Mount a version read-only, or NAME:draft writable."""
-        opts = {o for opt in options for o in opt.split(",") if o}
-        unknown = opts - {"allow_other"}
-        if unknown:
-            raise BadInput(f"unknown mount option(s): {', '.join(sorted(unknown))}")
-        mount(env.store(), ref, mountpoint, foreground, "allow_other" in opts, debug, distributed_id)
+    def mount_cmd(env, ref, mountpoint, foreground, options, debug, distributed_id, type_, as_json):
+        """Mount a version read-only, or NAME:draft writable; returns once it serves.
+
+        Example: artfs mount mnist:draft /mnt/d
+        """
+        opts = _parse_options(options)
+        if "store" in opts or "type" in opts or "distributed_id" in opts:
+            raise BadInput("store=, type= and distributed_id= are for mount(8): use --store, --type, --distributed-id")
+        mount(env.store(), ref, mountpoint, foreground, bool(opts.get("allow_other")), debug, distributed_id, type_)
         if not foreground:
-            click.echo(f"mounted {ref} at {os.path.abspath(mountpoint)}")
+            mnt = os.path.abspath(mountpoint)
+            if as_json:
+                from .mounttab import registered
+
+                me = [r for r in registered(env.store()) if r["mountpoint"] == mnt]
+                click.echo(__import__("json").dumps({"ref": ref, "mountpoint": mnt,
+                                                     "pid": me[0]["pid"] if me else daemon_pid(mnt)}))
+            else:
+                click.echo(f"mounted {ref} at {mnt}")
 
     @group.command("umount")
     @click.argument("mountpoint")
@@ -216,12 +296,55 @@ def register(group) -> None:
     @group.command("commit")
     @click.argument("mountpoint")
     @click.option("-m", "--message", default=None)
-    def commit_cmd(mountpoint, message):
-        """Commit a draft mount (the same as writing to .artfs/commit)."""
-        click.echo(commit(mountpoint, message))
+    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+    def commit_cmd(mountpoint, message, as_json):
+        """Commit a draft mount (the same as writing to .artfs/commit).
+
+        Example: artfs commit /mnt/d -m "fix labels"
+        """
+        out = commit(mountpoint, message)
+        if as_json:
+            ref, _, rest = out.partition(" ")
+            click.echo(__import__("json").dumps({"ref": ref, "unchanged": rest == "(unchanged)", "outcome": out}))
+        else:
+            click.echo(out)
 
     @group.command("status")
     @click.argument("mountpoint")
-    def status_cmd(mountpoint):
-        """A draft's changes (the same as reading .artfs/status)."""
-        click.echo(status(mountpoint), nl=False)
+    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+    def status_cmd(mountpoint, as_json):
+        """A draft's changes (the same as reading .artfs/status).
+
+        Example: artfs status /mnt/d
+        """
+        text = status(mountpoint)
+        if as_json:
+            from ..names import unquote
+
+            rows = []
+            for line in text.splitlines():
+                code, _, q = line.partition(" ")
+                b = unquote(q)
+                rows.append({"status": code, **__import__("artfs.names", fromlist=["json_path"]).json_path(b)})
+            click.echo(__import__("json").dumps(rows, indent=2))
+        else:
+            click.echo(text, nl=False)
+
+    @group.command("install-mount-helper")
+    @click.option("--dir", "target_dir", default="/sbin", show_default=True, metavar="DIR")
+    def install_helper_cmd(target_dir):
+        """Install mount.fuse.artfs where mount(8) looks, so `mount -t fuse.artfs` and fstab work.
+
+        Example: artfs install-mount-helper   (then: mount -t fuse.artfs mnist:v3 /mnt/m -o store=/data/s)
+        """
+        path = os.path.join(target_dir, "mount.fuse.artfs")
+        helper = os.path.join(os.path.dirname(sys.executable), "mount.fuse.artfs")
+        body = f"#!/bin/sh\n# installed by artfs install-mount-helper\nexec {helper} \"$@\"\n"
+        try:
+            with open(path + ".tmp", "w") as f:
+                f.write(body)
+            os.chmod(path + ".tmp", 0o755)
+            os.rename(path + ".tmp", path)
+        except OSError as exc:
+            raise ArtfsError(f"cannot write {path}: {exc.strerror} (as root: sudo artfs install-mount-helper)") from None
+        click.echo(path)

@@ -27,6 +27,7 @@ from ..repo import staging
 from ..errors import ArtfsError
 from ..refs import parse_ref
 from ..storage.store import Store
+from . import mounttab
 from .ops import Operations
 from .draft_vfs import DraftVFS
 from .vfs import VersionVFS
@@ -107,14 +108,14 @@ def setup_logging(store: Store, foreground: bool, debug: bool) -> str:
 
 def serve(store_path: str, ref_text: str, mountpoint: str, *, foreground: bool = True, allow_other: bool = False,
           debug: bool = False, distributed_id: str | None = None, ready=None,
-          draft_key: str | None = None) -> int:
+          draft_key: str | None = None, type_: str | None = None) -> int:
     """Mount and serve until unmounted or signalled.  ``ready(msg)`` is told 'ok' or 'error: ...'."""
     ready = ready or (lambda msg: None)
     raise_fd_limit()
     try:
         store = Store.open(store_path)
         setup_logging(store, foreground, debug)
-        ops = build_ops(store, ref_text, distributed_id, draft_key)
+        ops = build_ops(store, ref_text, distributed_id, draft_key, type_)
         pyfuse3.init(ops, mountpoint, fuse_options(ops, ref_text, allow_other, debug))
     except ArtfsError as exc:
         ready(f"error: {exc}")
@@ -137,6 +138,7 @@ def serve(store_path: str, ref_text: str, mountpoint: str, *, foreground: bool =
 
             async def announce():
                 await trio.to_thread.run_sync(tune_readahead, mountpoint)
+                registry.append(mounttab.register(store, ref_text, mountpoint))
                 ready("ok")
 
             nursery.start_soon(announce)
@@ -144,6 +146,7 @@ def serve(store_path: str, ref_text: str, mountpoint: str, *, foreground: bool =
             nursery.cancel_scope.cancel()
 
     code = 0
+    registry: list[str] = []
     try:
         trio.run(main)
     except BaseException:
@@ -159,6 +162,11 @@ def serve(store_path: str, ref_text: str, mountpoint: str, *, foreground: bool =
                 staging.make_durable(store, ops.vfs.draft)
             except Exception:
                 log.exception("final sync")
+        for path in registry:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
         log.info("unmounted %s", mountpoint)
     return code
 
@@ -170,6 +178,7 @@ def main(argv=None) -> int:
     p.add_argument("--allow-other", action="store_true")
     p.add_argument("--debug", action="store_true")
     p.add_argument("--distributed-id")
+    p.add_argument("--type")
     p.add_argument("ref")
     p.add_argument("mountpoint")
     a = p.parse_args(argv)
@@ -184,7 +193,7 @@ def main(argv=None) -> int:
             a.ready_fd = None
 
     return serve(a.store, a.ref, a.mountpoint, foreground=False, allow_other=a.allow_other, debug=a.debug,
-                 distributed_id=a.distributed_id, ready=ready)
+                 distributed_id=a.distributed_id, ready=ready, type_=a.type)
 
 
 if __name__ == "__main__":

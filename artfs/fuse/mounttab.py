@@ -128,3 +128,54 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
     _libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os.kill(os.getpid(), sig)
+
+
+# -- the store's own list of its mounts (``artfs mounts``) -------------------------------------
+
+def _registry(store) -> str:
+    d = os.path.join(store.state_dir, "mounts")
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    return d
+
+
+def register(store, ref: str, mountpoint: str) -> str:
+    """Record a serving mount (the daemon calls this; the file goes when it exits)."""
+    import json
+
+    path = os.path.join(_registry(store), f"{os.getpid()}.json")
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"ref": ref, "mountpoint": os.path.abspath(mountpoint), "pid": os.getpid(),
+                   "started": time.time()}, f)
+    os.rename(tmp, path)
+    return path
+
+
+def registered(store) -> list[dict]:
+    """The store's mounts on this machine: alive ones, and dead ones the kernel still lists."""
+    import json
+
+    from ..proc import alive
+
+    out = []
+    d = _registry(store)
+    for name in sorted(os.listdir(d)):
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(d, name)) as f:
+                r = json.load(f)
+        except (OSError, ValueError):
+            continue
+        live = alive(r["pid"])
+        listed = kernel_mount(r["mountpoint"]) is not None
+        if not live and not listed:
+            try:  # gone for good: forget it
+                os.unlink(os.path.join(d, name))
+            except OSError:
+                pass
+            continue
+        r["alive"] = live and listed
+        out.append(r)
+    return out

@@ -31,12 +31,20 @@ def open_draft(store, name: str, key: str | None = None, type_: str | None = Non
     check_artifact_name(name)
     art = store.meta.artifact(name)
     t = type_ or (art["type"] if art else "dataset")
-    if art is not None and type_ is not None and art["type"] != type_ and store.meta.alias(name, "latest") is not None:
-        raise BadInput(f"{name} is a {art['type']}, not a {type_}")
+    if art is not None and type_ is not None and art["type"] != type_:
+        if store.meta.alias(name, "latest") is not None:
+            raise BadInput(f"{name} is a {art['type']}, not a {type_}")
+        store.meta.set_artifact_type(name, type_)  # no version yet: the type is still open
     key = key or f"draft:{name}"
     existing = store.meta.draft(key)
     if existing is not None:
-        return Draft(store, existing)
+        d = Draft(store, existing)
+        if type_ is not None and d.type != type_:
+            if store.meta.alias(name, "latest") is not None:
+                raise BadInput(f"{name} is a {d.type}, not a {type_}")
+            store.meta.set_artifact_type(name, type_)
+            d.type = type_
+        return d
     if parent is None and not empty:
         parent = latest(store, name)
     return Draft.open(store, key, name, t, parent)

@@ -225,19 +225,26 @@ class PgGc:
             self._beat.start()
 
     def _heartbeat(self) -> None:
-        while True:
-            self._wake.wait(self.lease / 4)
-            self._wake.clear()
-            with self._lock:
-                ids = list(self._held)
-                gc_holder = self._gc_holder
-            try:
-                if ids:
-                    self.meta.gc_writers_renew(ids, self.lease)
-                if gc_holder is not None:
-                    self.meta.gc_renew(gc_holder, self.lease)
-            except Exception:
-                pass  # the metadata store is away: fencing keeps a stale lease from recording anything
+        """Renew this process's leases until it holds none (then the thread ends)."""
+        try:
+            while True:
+                self._wake.wait(self.lease / 4)
+                self._wake.clear()
+                with self._lock:
+                    ids = list(self._held)
+                    gc_holder = self._gc_holder
+                    if not ids and gc_holder is None:
+                        self._beat = None
+                        return
+                try:
+                    if ids:
+                        self.meta.gc_writers_renew(ids, self.lease)
+                    if gc_holder is not None:
+                        self.meta.gc_renew(gc_holder, self.lease)
+                except Exception:
+                    pass  # the metadata store is away: fencing keeps a stale lease from recording anything
+        finally:
+            self.meta.close()  # this thread's connection
 
     # -- writers -------------------------------------------------------------------------
     @contextmanager
