@@ -418,8 +418,6 @@ def test_put_records_special_files_hard_links_and_xattrs(store, mktree, tmp_path
     assert unchanged and v2.num == 0
 
 
-@pytest.mark.xfail(strict=True, reason="put stats the source root after scanning it, so the version records the "
-                                       "atime its own scan gave the root, not the source's")
 def test_put_records_the_roots_atime_from_before_it_read_it(store, mktree, tmp_path):
     src = mktree(tmp_path / "src", {"a": b"1", "d/b": b"2"})
     os.utime(os.path.join(src, "d"), ns=(T0, T0))
@@ -769,8 +767,6 @@ def test_a_draft_behind_latest_that_conflicts_is_refused(store, mktree, tmp_path
     mine.discard()
 
 
-@pytest.mark.xfail(strict=True, reason="merge3 compares whole entries (==), not content_key: the same content "
-                                       "written on both sides with other times is refused as a conflict")
 def test_the_same_content_on_both_sides_is_not_a_conflict(store, mktree, tmp_path):
     """format.py: content_key is "the one rule ... used by trees, drafts, diff and collaborative
     conflicts alike"; collaborative upserts accept the same content from two writers, and a

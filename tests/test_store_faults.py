@@ -171,9 +171,6 @@ def test_a_put_heals_a_damaged_object(store, mktree, tmp_path, size, damage):
     assert repo.fsck(Store.open(store.path)) == []
 
 
-@pytest.mark.xfail(strict=True, reason="put trusts its stat cache for a file whose object exists with the right "
-                                       "size, so a put of the unchanged source never rewrites an object damaged "
-                                       "in place (objects.py invariant 2: a put heals)")
 def test_a_put_heals_a_damaged_object_the_stat_cache_knows(store, mktree, tmp_path, monkeypatch):
     data = b"content the stat cache remembers"
     src = mktree(tmp_path / "src", {"f": data})
@@ -663,9 +660,6 @@ def test_a_store_made_by_0_1_is_migrated_on_open(tmp_path, mktree):
     assert (tmp_path / "out" / "d" / "b.bin").read_bytes() == BIG_0_1
 
 
-@pytest.mark.xfail(strict=True, reason="a store migrated from 0.1 has no format-2 empty tree object (Store.init "
-                                       "writes it, the migration does not) but mark() requires it: fsck reports "
-                                       "it missing and gc refuses, for ever")
 def test_a_store_migrated_from_0_1_passes_fsck_and_gc(tmp_path, fsck_clean):
     path = str(tmp_path / "old-store")
     made = make_store_0_1(path)

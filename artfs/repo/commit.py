@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from ..errors import Conflict, Stale
 from ..names import quote
 from ..storage import format as fmt
-from ..storage.format import DIR, Entry
+from ..storage.format import DIR, Entry, content_key
 from ..storage.meta import ANY
 from . import versions as V
 
@@ -66,6 +66,9 @@ def merge3(store, batch, base: Entry | None, ours: Entry, theirs: Entry, what: s
                     merged[name] = z
                 elif z == x:
                     merged[name] = y
+                elif (y is not None and z is not None and y.kind != DIR and z.kind != DIR
+                      and content_key(y) == content_key(z)):
+                    merged[name] = y  # the same content on both sides (the one rule): no conflict
                 elif y is not None and z is not None and y.kind == DIR and z.kind == DIR and (x is None or x.kind == DIR):
                     subs.append(name)
                     merged[name] = None

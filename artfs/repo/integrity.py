@@ -61,6 +61,10 @@ def mark(store, problems: list | None = None, progress=None) -> dict[bytes, str]
         trees.append((v.root, label, ()))
         if v.links is not None:
             seen.setdefault(v.links, f"{label} link table")
+            try:
+                fmt.decode_links(store.objects.get(v.links))
+            except Corrupt as exc:
+                trouble(f"{exc} (link table of {label})")
     bases, recs = store.meta.all_draft_recs()
     for did, base in bases:
         if base:

@@ -104,6 +104,8 @@ def build_tree_from_dir(store, batch, src: str, progress=None, cache_before: flo
     With ``cache_rows``, files not yet in the stat cache are appended to it as rows for
     ``meta.filecache_put``, for the caller to record once the version exists."""
     root = os.fsencode(os.path.realpath(src))
+    root_st = os.stat(root)  # before the scan reads it (and, with relatime, moves its atime)
+    root_x = read_xattrs(root, follow=True)
     if progress:
         progress.phase("scanning")
     items = _scan_sorted(root)
@@ -115,15 +117,18 @@ def build_tree_from_dir(store, batch, src: str, progress=None, cache_before: flo
     maybe = {}
     for p, st, full in files:
         c = cache.get(full)
-        if c and c[0] == _stat_key(st):
+        if c and c[0].split("|")[0] == _stat_key(st):
             d, _, ch = c[1].partition(":")
-            maybe[full] = (bytes.fromhex(d), bytes.fromhex(ch) if ch else None)
-    present = store.objects.has({x for pair in maybe.values() for x in pair if x is not None})
+            maybe[full] = (bytes.fromhex(d), bytes.fromhex(ch) if ch else None, c[0].partition("|")[2])
+    # a cached digest is trusted only while its object is the very file the cache saw (a
+    # damaged object -- rewritten, truncated -- has another stamp: the source is read again and
+    # the object healed)
+    stamps = store.objects.stamps({x for m in maybe.values() for x in m[:2] if x is not None})
     todo = []
     for p, st, full in files:
         m = maybe.get(full)
-        if (m is not None and present.get(m[0]) == st.st_size
-                and (m[1] is None) == (st.st_size <= fmt.CHUNK) and (m[1] is None or m[1] in present)):
+        if (m is not None and m[0] in stamps and stamps[m[0]] == m[2]
+                and (m[1] is None) == (st.st_size <= fmt.CHUNK) and (m[1] is None or m[1] in stamps)):
             known[full] = (m[0], st.st_size, m[1])
         else:
             todo.append((st, full))
@@ -207,16 +212,31 @@ def build_tree_from_dir(store, batch, src: str, progress=None, cache_before: flo
         meta = Entry(p[-1], DIR, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, 0, st.st_mtime_ns, st.st_atime_ns,
                      xattrs=read_xattrs(full))
         dirs[p[:-1]].append(store.write_dir(batch, meta, ents))
-    st = os.stat(root)
+    st = root_st
     meta = Entry(b"", DIR, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, 0, st.st_mtime_ns, st.st_atime_ns,
-                 xattrs=read_xattrs(root, follow=True))
+                 xattrs=root_x)
     rootent = store.write_dir(batch, meta, dirs[()])
     if cache_rows is not None and cache_before is not None:
         fresh = {full for _, full in todo}
-        for p, st, full in files:
-            if full in fresh and st.st_mtime_ns / 1e9 < cache_before and st.st_ctime_ns / 1e9 < cache_before:
-                d, _, chunks = known[full]
-                cache_rows.append((full, _stat_key(st), d.hex() + (":" + chunks.hex() if chunks else "")))
+        rows = [(full, st) for p, st, full in files
+                if full in fresh and st.st_mtime_ns / 1e9 < cache_before and st.st_ctime_ns / 1e9 < cache_before]
+        cache_rows.append(("stamps-after-close", rows, known))
+    return rootent, links
+
+
+def cache_rows_for(store, pending: list) -> list[tuple]:
+    """The stat cache's rows once the objects are in place (their stamps known)."""
+    out = []
+    for tag, rows, known in pending:
+        stamps = store.objects.stamps({known[full][0] for full, _ in rows})
+        for full, st in rows:
+            d, _, chunks = known[full]
+            if d in stamps:
+                out.append((full, _stat_key(st) + "|" + stamps[d], d.hex() + (":" + chunks.hex() if chunks else "")))
+    return out
+
+
+def _unused():  # placeholder removed below
     return rootent, links
 
 
@@ -237,5 +257,5 @@ def put_dir(store, name: str, src: str, type_: str | None = None, message: str |
         num, unchanged, _ = create_version(store, name, type_, root, links, base=None, expected=ANY, message=message,
                                            metadata=metadata, how="single", description=description)
     # only once the version exists: a cached digest is then one a version reaches
-    store.meta.filecache_put(cache_rows)
+    store.meta.filecache_put(cache_rows_for(store, cache_rows))
     return version(store, name, num), unchanged

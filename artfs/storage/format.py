@@ -521,7 +521,11 @@ def decode_links(data: bytes) -> dict[bytes, list[tuple[bytes, ...]]]:
         for h, paths in rows:
             if type(h) is not bytes or len(h) != HLID_LEN:
                 raise ValueError("hlid")
+            if type(paths) is not list or not paths:
+                raise ValueError("a group with no names")
             out[h] = [tuple(check_name(c) for c in p) for p in paths]
+            if any(not p for p in out[h]):
+                raise ValueError("an empty path")
     except (ValueError, TypeError, BadInput) as exc:
         raise Corrupt(f"malformed link table: {exc}") from None
     return out
@@ -591,6 +595,20 @@ def decode_rec(data: bytes, name: bytes = b"") -> Entry | None:
                 raise ValueError(key)
             return v
 
+        def num(key, lo, hi, default=None):
+            v = d.get(key, default)
+            if type(v) is not int or not lo <= v <= hi:
+                raise ValueError(f"{key}={v!r}")
+            return v
+
+        num("k", 1, 8)
+        num("m", 0, 0o7777)
+        num("u", 0, _U32)
+        num("g", 0, _U32)
+        num("s", 0, _I64)
+        num("nf", 0, _I64, 0)
+        num("rd", 0, _U64, 0)
+        num("nl", 0, _U32, 1)
         e = Entry(
             name, d["k"], d["m"], d["u"], d["g"], d["s"], tm("mt"), tm("at"),
             digest=opt("d", bytes, DIGEST_LEN), chunks=opt("ch", bytes, DIGEST_LEN), ident=opt("id", bytes, DIGEST_LEN),
@@ -599,12 +617,20 @@ def decode_rec(data: bytes, name: bytes = b"") -> Entry | None:
             scratch=opt("sc", str), dir_id=opt("dir", int), ctime_ns=tm("ct"), link=opt("ln", int),
             nlink=d.get("nl", 1),
         )
-        if e.kind not in KINDS or type(e.mode) is not int or not 0 <= e.mode <= 0o7777:
-            raise ValueError(f"kind {e.kind!r} mode {e.mode!r}")
-        if e.kind == DIR and (e.dir_id is None) == (e.digest is None) and e.link is None:
-            raise ValueError("a directory record needs a tree or a dir id")
-        if e.kind == FILE and e.link is None and (e.scratch is None) == (e.digest is None):
-            raise ValueError("a file record needs a digest or a scratch file")
+        if e.link is None:  # a name of a hard-linked inode carries nothing else
+            if e.kind == DIR and (e.dir_id is None) == (e.digest is None):
+                raise ValueError("a directory record needs a tree or a dir id")
+            if e.kind == DIR and e.digest is not None and e.ident is None:
+                raise ValueError("a stored directory record needs its identity")
+            if e.kind == FILE and (e.scratch is None) == (e.digest is None):
+                raise ValueError("a file record needs a digest or a scratch file")
+            if e.kind == SYMLINK and (not e.target or b"\0" in e.target or len(e.target) > MAX_TARGET):
+                raise ValueError("a symlink record needs a target")
+            if e.kind == REF and (e.digest is None or not e.uri):
+                raise ValueError("a reference record needs a digest and a uri")
+        for k, v in e.xattrs:
+            if not k or len(k) > MAX_XATTR_NAME or b"\0" in k or len(v) > MAX_XATTR_VALUE:
+                raise ValueError("xattr")
     except Corrupt:
         raise
     except Exception as exc:  # msgpack and unpacking raise many types for damaged bytes

@@ -184,6 +184,16 @@ class LocalObjectStore(ObjectStore):
                 pass
         return out
 
+    def stamps(self, digests: Iterable[bytes]) -> dict[bytes, str]:
+        out = {}
+        for d in digests:
+            try:
+                st = os.stat(self.path(d))
+            except FileNotFoundError:
+                continue
+            out[d] = f"{st.st_size}.{st.st_ino}.{st.st_mtime_ns}.{st.st_ctime_ns}"
+        return out
+
     def open(self, d: bytes) -> LocalReader:
         try:
             return LocalReader(os.open(self.path(d), os.O_RDONLY | os.O_CLOEXEC))

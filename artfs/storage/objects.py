@@ -64,6 +64,12 @@ class ObjectStore(ABC):
     def has(self, digests: Iterable[bytes]) -> dict[bytes, int]:
         """Sizes of those of ``digests`` that exist (one call for many: batched)."""
 
+    def stamps(self, digests: Iterable[bytes]) -> dict[bytes, str]:
+        """A short text per existing object that changes whenever the object is rewritten or
+        damaged in place (its size, and where the back end can tell, its change time); put's stat
+        cache trusts a remembered digest only while the stamp is the same."""
+        return {d: str(n) for d, n in self.has(digests).items()}
+
     @abstractmethod
     def read(self, digest: bytes, offset: int, size: int) -> bytes:
         """Up to ``size`` raw bytes at ``offset`` (short only at the end).

@@ -165,6 +165,10 @@ class Store:
         s = cls(path)
         s.ensure_state()
         s.meta.check_schema()
+        if fmt.EMPTY_TREE_DIGEST not in s.objects.has([fmt.EMPTY_TREE_DIGEST]):
+            # a store made by artfs 0.1 has only the format-1 empty tree; drafts and gc need this one
+            with s.writing(), s.objects.batch() as b:
+                b.put_bytes(fmt.EMPTY_TREE)
         return s
 
     def ensure_state(self) -> None:
