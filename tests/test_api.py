@@ -148,11 +148,10 @@ def test_incremental_draft_records_only_the_changes(store_path, store, tmp_path,
         monkeypatch.setattr(cls, meth,
                             (lambda real, meth: lambda self, *a, **k: touched.append((meth, a[0])) or real(self, *a, **k))(real, meth))
     hashed = []
-    import artfs.repo.content
-    import artfs.repo.drafts
-    import artfs.storage.local_objects
+    from artfs.repo import content as content_mod, drafts as drafts_mod
+    from artfs.storage import hashing as hashing_mod, local_objects as lo_mod
 
-    for mod in (artfs.storage.hashing, artfs.storage.local_objects, artfs.repo.content, artfs.repo.drafts):
+    for mod in (hashing_mod, lo_mod, content_mod, drafts_mod):
         for fn in ("hash_fd", "hash_own"):  # every module that imported the name has its own copy
             if hasattr(mod, fn):
                 real_hash = getattr(mod, fn)
