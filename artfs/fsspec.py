@@ -77,11 +77,11 @@ def _kind(e) -> str:
 class _VerifiedReader(io.RawIOBase):
     """A version's file (``Version.open``) with artfs errors turned into OSErrors."""
 
-    def __init__(self, raw, path: str):
+    def __init__(self, raw, path: str, size: int):
         super().__init__()
         self._raw = raw
         self._path = path
-        self.size = raw._r.size if hasattr(raw, "_r") else None
+        self.size = size
 
     def readable(self) -> bool:
         return True
@@ -108,6 +108,10 @@ class _VerifiedReader(io.RawIOBase):
 
 class _ScratchReader(io.FileIO):
     """A file a draft holds in a scratch file (drafts made by mounts)."""
+
+    @property
+    def size(self) -> int:
+        return os.fstat(self.fileno()).st_size
 
 
 class _StagedWriter(io.BufferedRandom):
@@ -342,14 +346,12 @@ class ArtfsFileSystem(AbstractFileSystem, metaclass=_OnePerStore):
             if d is not None and e.scratch is not None:  # a draft's changed file (drafts made by mounts)
                 return _ScratchReader(d.scratch_path(e.scratch), "r")
             if d is not None:  # staged content: stored objects, read like a version's
-                return _VerifiedReader(VersionFile(repo.ContentReader(self.store(), e)), path)
-            return _VerifiedReader(Version(self.store(), v).open(path.partition("/")[2]), path)
+                return _VerifiedReader(VersionFile(repo.ContentReader(self.store(), e)), path, e.size)
+            return _VerifiedReader(Version(self.store(), v).open(path.partition("/")[2]), path, e.size)
 
     def cat_file(self, path, start=None, end=None, **kwargs):
         with self._reader(self._strip_protocol(path)) as f:
             size = f.size
-            if size is None:
-                return super().cat_file(path, start, end, **kwargs)
             start = 0 if start is None else (max(0, size + start) if start < 0 else start)
             end = size if end is None else (max(0, size + end) if end < 0 else min(end, size))
             if end <= start:

@@ -27,7 +27,6 @@ import time
 
 from .. import repo
 from ..errors import BadInput, IsADirectory, NotADirectory, NotFound, NotPermitted, ReadOnly
-from ..storage import format as fmt
 from ..storage.format import BLK, CHR, DIR, FILE, REF, SYMLINK, Entry
 
 ROOT_INO = 1
@@ -296,6 +295,3 @@ class VersionVFS(BaseVFS):
     def status_text(self) -> str:
         return ""
 
-
-def check_component(name: bytes) -> None:
-    fmt.check_name(name)

@@ -264,11 +264,11 @@ class Draft:
     def open(cls, store, key: str, artifact: str, type_: str, parent, root_rec: bytes | None = None) -> "Draft":
         """Create the draft ``key`` unless it exists.  ``parent``: a VersionInfo or None."""
         if root_rec is None:
+            from .commit import root_record
+
             now = time.time_ns()
-            root_e = (parent.root_entry() if parent is not None else
-                      Entry(b"", DIR, 0o755, os.getuid(), os.getgid(), 0, now, now))
-            root_rec = fmt.encode_rec(root_e.with_(digest=None, ident=None, nfiles=0, size=0, dir_id=ROOT_INO,
-                                                   ctime_ns=time.time_ns()))
+            root_rec = root_record(parent.root_entry() if parent is not None else
+                                   Entry(b"", DIR, 0o755, os.getuid(), os.getgid(), 0, now, now))
         row = store.meta.create_draft(key, artifact, type_, parent.num if parent else None,
                                       parent.root.hex() if parent else None, root_rec,
                                       parent.links.hex() if parent is not None and parent.links else None)
@@ -781,11 +781,12 @@ class Draft:
         now = ch.now
         eino = self.ino_of(opino, oname, e, ch)
         tino = self.ino_of(npino, nname, target, ch) if target is not None else None
-        moved = self._as_record(e).with_(ctime_ns=now) if e.link is None else Entry(nname, e.kind, link=e.link)
+        moved = e.with_(ctime_ns=now) if e.link is None else Entry(nname, e.kind, link=e.link)
         if e.link is not None:
             ch.inodes[e.link] = ch.inode(e.link).with_(ctime_ns=now)
         if exchange:
-            other = self._as_record(target).with_(ctime_ns=now) if target.link is None else Entry(oname, target.kind, link=target.link)
+            other = (target.with_(ctime_ns=now) if target.link is None
+                     else Entry(oname, target.kind, link=target.link))
             self._set(ch, opd.dir_id, oname, other)
             ch.pins[(opino, oname)] = tino
         else:
@@ -800,10 +801,6 @@ class Draft:
             self._touch_dir(ch, np_)
         ch.result = (e, None if exchange else target)
         return ch
-
-    @staticmethod
-    def _as_record(e: Entry) -> Entry:
-        return e
 
     def plan_setattr(self, path: tuple | None, *, ino: int | None = None, mode: int | None = None, uid: int | None = None, gid: int | None = None,
                      mtime_ns: int | None = None, atime_ns: int | None = None, ctime_ns: int | None = None,

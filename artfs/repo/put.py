@@ -227,17 +227,13 @@ def build_tree_from_dir(store, batch, src: str, progress=None, cache_before: flo
 def cache_rows_for(store, pending: list) -> list[tuple]:
     """The stat cache's rows once the objects are in place (their stamps known)."""
     out = []
-    for tag, rows, known in pending:
+    for _, rows, known in pending:
         stamps = store.objects.stamps({known[full][0] for full, _ in rows})
         for full, st in rows:
             d, _, chunks = known[full]
             if d in stamps:
                 out.append((full, _stat_key(st) + "|" + stamps[d], d.hex() + (":" + chunks.hex() if chunks else "")))
     return out
-
-
-def _unused():  # placeholder removed below
-    return rootent, links
 
 
 def put_dir(store, name: str, src: str, type_: str | None = None, message: str | None = None,

@@ -89,7 +89,7 @@ CREATE TABLE IF NOT EXISTS pending(
     id BIGSERIAL PRIMARY KEY, artifact TEXT NOT NULL, type TEXT NOT NULL,
     distributed_id TEXT NOT NULL, parent BIGINT, base_root TEXT,
     created DOUBLE PRECISION NOT NULL, finished BIGINT, generation BIGINT NOT NULL DEFAULT 0,
-    closing DOUBLE PRECISION, closing_by TEXT, UNIQUE(artifact, distributed_id));
+    closing DOUBLE PRECISION, closing_by TEXT, closing_holder TEXT, UNIQUE(artifact, distributed_id));
 CREATE TABLE IF NOT EXISTS pending_rows(
     pending_id BIGINT NOT NULL, writer TEXT NOT NULL, path BYTEA NOT NULL,
     rec BYTEA NOT NULL, ckey BYTEA, isdir BOOLEAN NOT NULL, PRIMARY KEY(pending_id, writer, path));
@@ -751,7 +751,17 @@ class PgMeta(MetaStore):
             return None
         d = dict(r)
         d.pop("closing_live", None)
+        d.pop("closing_holder", None)
         return d
+
+    @staticmethod
+    def _closing(p) -> bool:
+        """A finish holds the pending version (its lease runs, and its process is not known dead)."""
+        if not p["closing_live"]:
+            return False
+        from .scaleout import _dead
+
+        return not _dead(p.get("closing_holder"))
 
     def _pending_row(self, cur, artifact: str, did: str, lock: bool = False):
         cur.execute(self._PENDING + " WHERE artifact=%s AND distributed_id=%s" + (" FOR UPDATE" if lock else ""),
@@ -813,7 +823,7 @@ class PgMeta(MetaStore):
             if not fresh:
                 if p["finished"] is not None:
                     raise self._finished_error(p)
-                if p["closing_live"]:
+                if self._closing(p):
                     raise Busy(f"pending version {artifact} ({did}) is being finished by {p['closing_by']}")
                 if p["parent"] != parent:
                     have = f"v{p['parent']}" if p["parent"] is not None else "nothing (a new version from scratch)"
@@ -886,10 +896,13 @@ class PgMeta(MetaStore):
                 raise NotFound(f"{artifact} has no pending version {did!r}")
             if p["finished"] is not None:
                 raise self._finished_error(p)
-            if p["closing_live"]:
+            if self._closing(p):
                 raise Busy(f"pending version {artifact} ({did}) is already being finished by {p['closing_by']}")
-            cur.execute(f"UPDATE pending SET closing={NOW} + %s, closing_by=%s WHERE id=%s",
-                        (FINISH_LEASE, f"pid {os.getpid()} on {socket.gethostname()}", p["id"]))
+            from .scaleout import _holder
+
+            cur.execute(f"UPDATE pending SET closing={NOW} + %s, closing_by=%s, closing_holder=%s WHERE id=%s",
+                        (FINISH_LEASE, f"pid {os.getpid()} on {socket.gethostname()}",
+                         _holder(self.machine, self.machine_label), p["id"]))
             out = self._clean_pending(p)
             out["rows"] = [(r["writer"], bytes(r["path"]), bytes(r["rec"])) for r in cur.execute(
                 'SELECT writer, path, rec FROM pending_rows WHERE pending_id=%s ORDER BY path, writer COLLATE "C"',
@@ -899,8 +912,8 @@ class PgMeta(MetaStore):
         return self._tx(fn)
 
     def end_finish(self, pending_id: int) -> None:
-        self._tx(lambda cur: cur.execute("UPDATE pending SET closing=NULL, closing_by=NULL WHERE id=%s"
-                                         " AND finished IS NULL", (pending_id,)))
+        self._tx(lambda cur: cur.execute("UPDATE pending SET closing=NULL, closing_by=NULL, closing_holder=NULL"
+                                         " WHERE id=%s AND finished IS NULL", (pending_id,)))
 
     def _check_seal(self, cur, seal: dict) -> None:
         cur.execute("SELECT * FROM pending WHERE id=%s FOR UPDATE", (seal["pending_id"],))
@@ -914,7 +927,8 @@ class PgMeta(MetaStore):
 
     @staticmethod
     def _seal_in(cur, seal: dict, num: int) -> None:
-        cur.execute("UPDATE pending SET finished=%s, closing=NULL, closing_by=NULL WHERE id=%s", (num, seal["pending_id"]))
+        cur.execute("UPDATE pending SET finished=%s, closing=NULL, closing_by=NULL, closing_holder=NULL WHERE id=%s",
+                    (num, seal["pending_id"]))
         cur.execute("DELETE FROM pending_rows WHERE pending_id=%s", (seal["pending_id"],))
 
     def discard_pending(self, artifact: str, did: str) -> bool:
