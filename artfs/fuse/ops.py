@@ -316,33 +316,21 @@ class Operations(pyfuse3.Operations):
     async def _persist(self, ch) -> None:
         await trio.to_thread.run_sync(self.vfs.draft.persist, ch)
 
-    async def _make(self, parent_inode, name, kind, mode, ctx, rdev=0, target=None, want_file=False):
-        """create / mknod / mkdir / symlink: a new name (and, for a regular file, its scratch file)."""
+    async def _make(self, parent_inode, name, kind, mode, ctx, rdev=0, target=None):
+        """create / mknod / mkdir / symlink: a new name (and, for a regular file, its scratch file,
+        made in the same worker-thread trip as the transaction that records it)."""
         from .draft_vfs import new_owner
 
         vfs = self.vfs
+        d = vfs.draft
         async with self.gate(), self.mutex:
             parent = vfs.entry(vfs.node(parent_inode))
             perm, gid = new_owner(parent, kind, stat.S_IMODE(mode), ctx.uid, ctx.gid, ctx.pid)
-            sname = sf = None
-            if kind == FILE:
-                sname, sf = await trio.to_thread.run_sync(vfs.draft.new_scratch)
-            try:
-                ch = vfs.plan_create(parent_inode, name, kind, perm, ctx.uid, gid, rdev=rdev, target=target,
-                                     scratch=sname)
-            except BaseException:
-                if sf is not None:
-                    sf.close()
-                    await trio.to_thread.run_sync(vfs.draft.drop_scratch_now, sname)
-                raise
-            try:
-                await self._persist(ch)
-            except BaseException:
-                if sf is not None:
-                    sf.close()
-                raise
-            n, e = vfs.apply_create(ch, parent_inode, name, sf)
-            return n, e
+            sname = d.scratch_name() if kind == FILE else None
+            ch = vfs.plan_create(parent_inode, name, kind, perm, ctx.uid, gid, rdev=rdev, target=target,
+                                 scratch=sname)
+            sf = await trio.to_thread.run_sync(d.create_and_persist, ch, sname)
+            return vfs.apply_create(ch, parent_inode, name, sf)
 
     @fuse_handler
     async def mkdir(self, parent_inode, name, mode, ctx):

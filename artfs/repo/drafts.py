@@ -286,12 +286,31 @@ class Draft:
             raise Corrupt(f"bad scratch name {name!r}")
         return os.path.join(self.scratch_dir, name)
 
-    def new_scratch(self) -> tuple[str, ScratchFile]:
+    @staticmethod
+    def scratch_name() -> str:
+        return uuid.uuid4().hex
+
+    def new_scratch(self, name: str | None = None) -> tuple[str, ScratchFile]:
         """A new empty scratch file (O_EXCL), open read-write."""
-        os.makedirs(self.scratch_dir, mode=0o700, exist_ok=True)
-        name = uuid.uuid4().hex
-        fd = os.open(self.scratch_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        name = name or self.scratch_name()
+        try:
+            fd = os.open(self.scratch_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            os.makedirs(self.scratch_dir, mode=0o700, exist_ok=True)
+            fd = os.open(self.scratch_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         return name, ScratchFile(fd, name)
+
+    def create_and_persist(self, ch: "Change", scratch: str | None) -> ScratchFile | None:
+        """Make the scratch file a planned change names (if any), then persist the change; on
+        failure neither remains (worker thread: one trip for both)."""
+        sf = self.new_scratch(scratch)[1] if scratch is not None else None
+        try:
+            self.persist(ch)
+        except BaseException:
+            if sf is not None:
+                sf.close()
+            raise
+        return sf
 
     def anon_scratch(self) -> ScratchFile:
         """A scratch file with no name (for a file unlinked while open): gone when closed."""
@@ -440,6 +459,9 @@ class Draft:
 
         if d.dir_id is None:
             return of_tree(d.digest)
+        hit = self._nsub.get(d.dir_id)  # kept per changed directory until a change touches it
+        if hit is not None:
+            return hit
         base = self.bases.get(d.dir_id)
         n = of_tree(base)
         ov = self.overlay.get(d.dir_id)
@@ -448,6 +470,7 @@ class Draft:
             for name, e in ov.items():
                 was = bm.get(name)
                 n += (e is not None and e.kind == DIR) - (was is not None and was.kind == DIR)
+        self._nsub[d.dir_id] = n
         return n
 
     # -- walking with materialization (inside a change) ---------------------------------------
@@ -583,6 +606,8 @@ class Draft:
 
     def apply(self, ch: Change) -> None:
         """Make memory match a persisted change (the owner's thread, after persist)."""
+        for dir_id in {x for x, _ in ch.ov} | set(ch.dirs) | ch.deldirs:
+            self._nsub.pop(dir_id, None)
         for dir_id, base in ch.dirs.items():
             self.bases[dir_id] = base
             self.overlay[dir_id] = {}
