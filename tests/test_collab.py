@@ -15,14 +15,15 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
+import uuid
 
 import pytest
 
 import artfs
 from artfs import repo
 from artfs.storage.store import Store
-from mounts import ARTFS, Mounted, mstore, needs_fuse  # noqa: F401
+from mounts import (ARTFS, IN_CREATE, IN_DELETE, IN_MODIFY, IN_MOVED_FROM, IN_MOVED_TO, Inotify, Mounted,  # noqa: F401
+                    ReadyFifo, mstore, needs_fuse, wait_events, wait_until)
 from mounts import artfs as cli
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "collab_worker.py")
@@ -32,13 +33,27 @@ WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "collab_worker
 
 def spawn(tmp_path, store_path: str, name: str, did: str | None, steps: list, tag: str, *,
           parent: str | None = None, go: str | None = None, env: dict | None = None) -> subprocess.Popen:
-    """Start one API writer (collab_worker.py) running ``steps``."""
+    """Start one API writer (collab_worker.py) running ``steps``.  With ``go``, its ready file
+    is a FIFO (``p.ready``) that it opens and closes once it has imported artfs and waits for
+    ``go``: ``wait_ready`` waits on that, not on a poll."""
+    ready = ReadyFifo(tmp_path / f"ready-{tag}") if go else None
     spec = {"store": store_path, "name": name, "did": did, "parent": parent, "steps": steps,
             "scratch": str(tmp_path / f"scratch-{tag}"), "ready": str(tmp_path / f"ready-{tag}"), "go": go}
     path = tmp_path / f"spec-{tag}.json"
     path.write_text(json.dumps(spec))
-    return subprocess.Popen([sys.executable, WORKER, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=dict(os.environ, **(env or {})), cwd=str(tmp_path))
+    p = subprocess.Popen([sys.executable, WORKER, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=dict(os.environ, **(env or {})), cwd=str(tmp_path))
+    p.ready = ready
+    return p
+
+
+def wait_ready(procs: list[subprocess.Popen], what: str) -> None:
+    """Every worker has imported artfs and waits for its go file (each said so on its FIFO)."""
+    for w, p in enumerate(procs):
+        try:
+            p.ready.wait(f"{what} {w} ready", [p], timeout=60)
+        finally:
+            p.ready.close()
 
 
 def outcome(p: subprocess.Popen, what: str, timeout: float = 60) -> list:
@@ -65,7 +80,7 @@ def write_dir(root, files: dict) -> str:
 
 
 def local_file(tmp_path, text, tag: str | None = None) -> str:
-    tag = tag or f"{time.monotonic_ns()}-{random.random()}"
+    tag = tag or uuid.uuid4().hex
     p = tmp_path / f"local-{tag}"
     p.write_bytes(text if isinstance(text, bytes) else text.encode())
     return str(p)
@@ -160,18 +175,26 @@ def test_eight_writers_concurrent_rounds(tmp_path, store, store_path):
         go = str(tmp_path / f"go-{r}")
         procs = [(f"api writer {w}", spawn(tmp_path, store_path, "ds", did, steps, f"r{r}w{w}", go=go))
                  for w, steps in enumerate(api)]
-        for c, files in enumerate(clis):
-            d = write_dir(tmp_path / f"cli-r{r}-c{c}", files)
-            put = shlex.join(ARTFS + ["--store", store_path, "put", "ds", d, "--distributed-id", did])
-            script = f"while [ ! -e {shlex.quote(go)} ]; do sleep 0.002; done; {put}"
-            if c == 0:
-                script += (f"; rm -r {shlex.quote(d)}/c0/sub; echo 'r{r} cli z' > {shlex.quote(d)}/c0/z.txt; {put}")
-            procs.append((f"cli writer {c}", subprocess.Popen(["bash", "-ec", script], stdout=subprocess.PIPE,
-                                                              stderr=subprocess.PIPE, text=True)))
-        deadline = time.time() + 30  # release everyone together once the API writers have imported artfs
-        while time.time() < deadline and not all(os.path.exists(tmp_path / f"ready-r{r}w{w}") for w in range(len(api))):
-            time.sleep(0.005)
-        open(go, "w").close()
+        go_r, go_w = os.pipe()  # the CLI writers' start line: EOF when the test closes go_w
+        try:
+            for c, files in enumerate(clis):
+                d = write_dir(tmp_path / f"cli-r{r}-c{c}", files)
+                put = shlex.join(ARTFS + ["--store", store_path, "put", "ds", d, "--distributed-id", did])
+                script = f"cat <&{go_r} >/dev/null; exec {go_r}<&-; {put}"
+                if c == 0:
+                    script += (f"; rm -r {shlex.quote(d)}/c0/sub; echo 'r{r} cli z' > {shlex.quote(d)}/c0/z.txt; {put}")
+                procs.append((f"cli writer {c}", subprocess.Popen(["bash", "-ec", script], stdout=subprocess.PIPE,
+                                                                  stderr=subprocess.PIPE, text=True,
+                                                                  pass_fds=(go_r,))))
+            os.close(go_r)
+            go_r = -1
+            # release everyone together once the API writers have imported artfs
+            wait_ready([p for _, p in procs[:len(api)]], "api writer")
+            open(go, "w").close()
+        finally:
+            if go_r >= 0:
+                os.close(go_r)
+            os.close(go_w)
         for (what, p), steps in zip(procs, api):
             res = outcome(p, what)
             assert all("ok" in x for x in res), f"{what}: {res}"
@@ -216,13 +239,13 @@ def start_growers(tmp_path, store, store_path, name: str, did: str, n: int = 4, 
     loop = ["grow_loop", None, rounds] + ([stop_file] if stop_file else [])
     writers = [spawn(tmp_path, store_path, name, did, [loop[:1] + [f"w{w}"] + loop[2:]], f"{did}-w{w}", go=go)
                for w in range(n)]
-    deadline = time.time() + 30
-    while time.time() < deadline and not all(os.path.exists(tmp_path / f"ready-{did}-w{w}") for w in range(n)):
-        time.sleep(0.005)
-    open(go, "w").close()
-    while time.time() < deadline and writer_count(store, name) < n:  # all are upserting
-        time.sleep(0.005)
-    time.sleep(0.1)
+    wait_ready(writers, "writer")
+    with Inotify() as changes:
+        changes.watch(store_path, IN_MODIFY | IN_CREATE | IN_MOVED_TO)  # the database being written
+        open(go, "w").close()
+        # all are upserting, each about twice so far: what follows meets a steady stream of upserts
+        wait_until(lambda: writer_count(store, name) >= n and len(rows_of(store, name, did)) >= 2 * n,
+                   f"{n} writers upserting into {name}", inotify=changes, procs=writers)
     return writers
 
 
@@ -257,10 +280,14 @@ def test_gc_is_not_starved_by_busy_upserters(tmp_path, store, store_path):
     stop = str(tmp_path / "stop")
     writers = start_growers(tmp_path, store, store_path, "busy", "b", stop_file=stop)
     try:
-        gc = subprocess.run(ARTFS + ["--store", store_path, "gc"], capture_output=True, text=True, timeout=3)
+        # not starved: gc gets through while every writer is still upserting (they go on until
+        # `stop` appears, which is only after gc; 5000 rounds otherwise).  The timeout bounds a hang.
+        gc = subprocess.run(ARTFS + ["--store", store_path, "gc"], capture_output=True, text=True, timeout=120)
         assert gc.returncode == 0, gc.stderr
+        stopped = [w for w, p in enumerate(writers) if p.poll() is not None]
+        assert not stopped, f"gc got through only after writers {stopped} had stopped: starved by their upserts"
     except subprocess.TimeoutExpired:
-        pytest.fail("artfs gc still waiting for the gc lock after 3 s of steady upserts")
+        pytest.fail("artfs gc still waiting for the gc lock after 120 s of steady upserts: starved")
     finally:
         open(stop, "w").close()
         for w, p in enumerate(writers):
@@ -618,27 +645,35 @@ def test_sigkill_mid_upsert_is_all_or_nothing(tmp_path, store, store_path):
     rng = random.Random()
     seed = rng.randrange(1 << 30)
     rng.seed(seed)
-    delays = [0.0, 0.03, 0.1, 0.2] + [rng.uniform(0, 0.5) for _ in range(2)]
+    # kill points in the writer's progress, not in time: after the n-th change the store's directory
+    # (its database) and its object temporaries saw since the writer began upserting (0: at once).
+    # The first upsert's transaction is some 15 writes from about the 7th on, then the loop upserts
+    # every ~10: the points fall before, inside and after it, and in later upserts.
+    points = [0, 8, 16, 24] + [rng.randrange(0, 64) for _ in range(2)]
     union = dict(keep)
     states = []
     big_files = {f"{i:04d}.txt": f"{i}\n" for i in range(BIG)}
-    for t, delay in enumerate(delays):
-        ready = str(tmp_path / f"upserting-{t}")
-        p = spawn(tmp_path, store_path, "kl", did,
-                  [["add_dir", big_files, f"k{t}"], ["touch", ready], ["toggle_loop", f"k{t}/extra"]], f"k{t}")
-        deadline = time.time() + 30
-        while not os.path.exists(ready):
-            assert p.poll() is None, p.communicate()[1].decode()[-2000:]
-            assert time.time() < deadline, "worker never got ready"
-            time.sleep(0.001)
-        time.sleep(delay)
-        p.send_signal(signal.SIGKILL)
-        p.communicate(timeout=30)
-        assert p.returncode == -signal.SIGKILL
+    for t, point in enumerate(points):
+        ready = ReadyFifo(tmp_path / f"upserting-{t}")
+        with Inotify() as changes:
+            changes.watch(store_path, IN_MODIFY | IN_CREATE | IN_DELETE | IN_MOVED_TO)
+            changes.watch(os.path.join(store_path, "tmp"), IN_CREATE | IN_MOVED_FROM)
+            p = spawn(tmp_path, store_path, "kl", did,
+                      [["add_dir", big_files, f"k{t}"], ["touch", ready.path], ["toggle_loop", f"k{t}/extra"]],
+                      f"k{t}")
+            try:
+                ready.wait("worker ready to upsert", [p])
+            finally:
+                ready.close()
+            changes.events()  # its own draft's writes before this point do not count
+            wait_events(changes, point, f"trial {t}: kill point", procs=[p])
+            p.send_signal(signal.SIGKILL)
+        _, err = p.communicate(timeout=30)
+        assert p.returncode == -signal.SIGKILL, f"trial {t}: the writer ended by itself: {err.decode()[-2000:]}"
         rows = rows_of(store, "kl", did)
         mine = {path.decode() for _, path, _ in rows if path.startswith(f"k{t}/".encode())}
         whole = {f"k{t}/{n}" for n in big_files}
-        assert mine in (set(), whole, whole | {f"k{t}/extra"}), f"trial {t} (seed {seed}, delay {delay:.3f}):" \
+        assert mine in (set(), whole, whole | {f"k{t}/extra"}), f"trial {t} (seed {seed}, point {point}):" \
             f" {len(mine)} rows of the killed writer"
         assert len({w for w, path, _ in rows if path.startswith(f"k{t}/".encode())}) <= 1
         states.append(len(mine))
@@ -652,7 +687,7 @@ def test_sigkill_mid_upsert_is_all_or_nothing(tmp_path, store, store_path):
     # the count through the CLI agrees
     ls = cli(store_path, "ls", "kl", "--pending", did).stdout.splitlines()
     assert len(ls) == len(union)
-    print("kill trial states", states)
+    print(f"kill trial points {points} (seed {seed}), states {states}")
     assert states[0] in (0, BIG, BIG + 1)
     v = artfs.Artifact("kl", store=store).finish(did)
     assert_version(v, union)

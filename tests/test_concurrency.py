@@ -1,8 +1,8 @@
 """Many processes writing one store at once (DESIGN.md §1, §5).
 
 Each worker is a fresh interpreter (``python -c``), so they share nothing but
-the store on disk, as separate programs would.  They wait for a start file so
-that their writes really overlap.
+the store on disk, as separate programs would.  They say they are ready on a
+pipe and wait on a shared start pipe, so that their writes really overlap.
 """
 from __future__ import annotations
 
@@ -11,46 +11,58 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 from artfs import repo
 from artfs.storage.store import Store
+from mounts import read_pipe
 
 WORKERS = 6
 EACH = 4
 
 PRELUDE = textwrap.dedent("""
-    import json, os, sys, time
+    import json, os, sys
     import artfs, artfs.repo
-    store_path, go, wid, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    open(go + f"-ready-{wid}", "w").close()
-    deadline = time.time() + 120  # longer than the parent waits for every worker to be ready
-    while not os.path.exists(go):
-        if time.time() > deadline:
-            sys.exit("start file never appeared")
-        time.sleep(0.005)
+    store_path, wid, n, ready_fd, go_fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    os.write(ready_fd, b"ready")  # started, artfs imported
+    os.close(ready_fd)
+    os.read(go_fd, 1)  # the start line: EOF once the parent lets everyone go
+    os.close(go_fd)
     out = []
 """)
 
 
 def run_workers(code: str, store_path: str, tmp_path, n: int | None = None, workers: int | None = None) -> list[list]:
-    """Start ``workers`` processes running PRELUDE+code, release them together, return what each printed."""
+    """Start ``workers`` processes running PRELUDE+code, release them together, return what each printed.
+
+    Each worker says it is ready on a pipe of its own (EOF if it dies first) and waits on one
+    shared start pipe, which the parent closes to release them all at once."""
     n = EACH if n is None else n
     workers = WORKERS if workers is None else workers
-    go = str(tmp_path / "go")
-    procs = [
-        subprocess.Popen([sys.executable, "-c", PRELUDE + textwrap.dedent(code), store_path, go, str(w), str(n)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(tmp_path))
-        for w in range(workers)
-    ]
-    deadline = time.time() + 60  # release them together, once all have started and imported artfs
-    while not all(os.path.exists(f"{go}-ready-{w}") for w in range(workers)) and time.time() < deadline:
-        if any(p.poll() is not None for p in procs):
-            break
-        time.sleep(0.01)
-    open(go, "w").close()
+    go_r, go_w = os.pipe()
+    procs, ready = [], []
+    try:
+        for w in range(workers):
+            r, wr = os.pipe()
+            try:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-c", PRELUDE + textwrap.dedent(code), store_path, str(w), str(n), str(wr),
+                     str(go_r)], pass_fds=(wr, go_r), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    cwd=str(tmp_path)))
+            finally:
+                os.close(wr)
+            ready.append(r)
+        os.close(go_r)
+        go_r = -1
+        for w, r in enumerate(ready):  # every worker has started and imported artfs
+            if not read_pipe(r, f"worker {w} ready", timeout=60):
+                break  # it died: release the others; its error is reported below
+    finally:
+        for fd in ready + [go_r]:
+            if fd >= 0:
+                os.close(fd)
+        os.close(go_w)  # go
     results = []
     failures = []
     for w, p in enumerate(procs):
@@ -181,7 +193,15 @@ def test_concurrent_identical_puts_make_one_version(store_path, store, tmp_path)
 INIT_WORKER = """
 from artfs import repo
 from artfs.storage.store import Store
-s = Store.init(store_path)  # every worker creates the store at once
+try:
+    s = Store.init(store_path)  # every worker creates the store at once
+except FileNotFoundError as exc:
+    # Known artfs bug, pinned by test_store_init_interleaved_with_another_init (xfail): two inits
+    # share artfs-store.tmp and the second rename fails.  Let only that through (as a user would,
+    # by running init again), so that the rest of this test still checks the store.
+    if "artfs-store" not in str(exc):
+        raise
+    s = Store.init(store_path)
 src = os.path.join(os.getcwd(), f"init-{wid}")
 os.makedirs(src)
 with open(os.path.join(src, "f"), "w") as f:
@@ -207,9 +227,16 @@ from artfs.storage.store import Store
 s = Store.open(store_path)
 if wid == 0:
     # the collector: runs while the others write; must never delete what they are about to use
+    writers = [os.path.join(os.getcwd(), f"writer-{w}-done") for w in range(1, @WORKERS@)]
     runs = 0
-    while not os.path.exists(os.path.join(os.getcwd(), "writers-done")) and runs < 400:
-        repo.gc(s)
+    while not all(os.path.exists(p) for p in writers) and runs < 400:
+        try:
+            repo.gc(s)
+        except artfs.errors.Corrupt as exc:
+            # Known artfs bug, pinned by test_gc_while_a_draft_is_discarded (xfail): gc fails when a
+            # writer discards its API draft while gc loads it.  Only that is let through here.
+            if "no root directory" not in str(exc):
+                raise
         runs += 1
     out.append(runs)
 else:
@@ -232,23 +259,9 @@ print(json.dumps(out))
 
 
 def test_gc_while_writing(store_path, store, tmp_path):
-    go_writers = WORKERS - 1
-
-    def all_done():
-        return sum(os.path.exists(tmp_path / f"writer-{w}-done") for w in range(1, WORKERS)) == go_writers
-
-    import threading
-
-    def signal():
-        deadline = time.time() + 90
-        while not all_done() and time.time() < deadline:
-            time.sleep(0.02)
-        open(tmp_path / "writers-done", "w").close()
-
-    t = threading.Thread(target=signal, daemon=True)
-    t.start()
-    results = run_workers(GC_WORKER, store_path, tmp_path, n=3)
-    t.join()
+    # the collector collects until every writer has made its done file (gc itself is the loop's
+    # pace: no thread, no sleep)
+    results = run_workers(GC_WORKER.replace("@WORKERS@", str(WORKERS)), store_path, tmp_path, n=3)
     assert results[0][0] >= 1  # the collector really ran alongside the writers
     for w in range(1, WORKERS):
         check_dense(store, f"gc-{w}", 3)
@@ -257,3 +270,54 @@ def test_gc_while_writing(store_path, store, tmp_path):
             assert b"".join(repo.iter_content(store, repo.lookup(store, v, "f"))) == f"{w}/{i}".encode()
         v = repo.resolve(store, f"gcapi-{w}")
         assert b"".join(repo.iter_content(store, repo.lookup(store, v, "f")))
+
+
+# -- the races above, made deterministic ---------------------------------------------------------------
+# Released together through a pipe, the workers above meet these races in most runs; here each is
+# forced by running the other party at the exact point where it interleaves.
+
+@pytest.mark.xfail(strict=True, reason="artfs bug: two Store.init of one new store at once: both write "
+                                       "artfs-store.tmp, the second rename fails with FileNotFoundError")
+def test_store_init_interleaved_with_another_init(tmp_path, monkeypatch, fsck_clean):
+    path = str(tmp_path / "s")
+    real_rename = os.rename
+    other = []
+
+    def rename(src, dst, *a, **k):
+        if os.path.basename(dst) == "artfs-store" and not other:
+            other.append(None)
+            other[0] = Store.init(path)  # another process finishes creating the store right now
+        return real_rename(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "rename", rename)
+    s = Store.init(path)
+    monkeypatch.undo()
+    assert other, "the other init did not run where it should have"
+    fsck_clean(Store.open(path))
+    assert s.path == other[0].path
+
+
+@pytest.mark.xfail(strict=True, reason="artfs bug: gc fails (Corrupt 'damaged draft ...: no root directory') "
+                                       "when a draft it has just listed is discarded before it loads it")
+def test_gc_while_a_draft_is_discarded(store, tmp_path):
+    import artfs
+
+    src = tmp_path / "f.txt"
+    src.write_text("x")
+    a = artfs.Artifact("racer", store=store)
+    a.add_file(str(src))
+    assert any(r["key"].startswith("api:") for r in store.meta.drafts())
+    real = store.meta.drafts
+
+    def drafts():
+        rows = real()
+        a.discard()  # the writer drops its draft right after gc listed the drafts
+        store.meta.drafts = real
+        return rows
+
+    store.meta.drafts = drafts
+    try:
+        repo.gc(store)
+    finally:
+        store.meta.drafts = real
+    assert store.meta.drafts() == []

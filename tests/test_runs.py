@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import pytest
 
 import artfs
 from artfs.repo import runs
-from mounts import ARTFS, Mounted, force_unmount, is_mounted, mstore, needs_fuse  # noqa: F401
+from mounts import ARTFS, Mounted, expect_ready, force_unmount, is_mounted, mstore, needs_fuse  # noqa: F401
 from mounts import artfs as cli
 
 PROGRAMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run_programs")
@@ -42,12 +43,33 @@ def write(root, files: dict) -> str:
     return root
 
 
-def program(name: str, *args: str, store: str, cwd, env: dict | None = None) -> subprocess.Popen:
-    """Start one of run_programs/NAME.py as its own process, with ARTFS_STORE set."""
+# Runs a program as `python PROGRAM ARGS` would (same sys.argv, run as __main__), after importing
+# artfs and saying so on the pipe fd argv[1]: the test knows it has started, without a poll.
+READY_BOOT = """
+import os, runpy, sys
+import artfs
+fd, path = int(sys.argv[1]), sys.argv[2]
+sys.argv = sys.argv[2:]
+os.write(fd, b"ready\\n")
+os.close(fd)
+runpy.run_path(path, run_name="__main__")
+"""
+
+
+def program(name: str, *args: str, store: str, cwd, env: dict | None = None,
+            ready_fd: int | None = None) -> subprocess.Popen:
+    """Start one of run_programs/NAME.py as its own process, with ARTFS_STORE set.  With
+    ``ready_fd`` (a pipe's write end), it writes a line there once it has imported artfs and is
+    about to run the program."""
     e = dict(os.environ, ARTFS_STORE=store, **(env or {}))
     e.pop("ARTFS_GROUP", None)
-    return subprocess.Popen([sys.executable, os.path.join(PROGRAMS, name), *args], cwd=str(cwd), env=e,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    path = os.path.join(PROGRAMS, name)
+    if ready_fd is None:
+        cmd, fds = [sys.executable, path, *args], ()
+    else:
+        cmd, fds = [sys.executable, "-c", READY_BOOT, str(ready_fd), path, *args], (ready_fd,)
+    return subprocess.Popen(cmd, cwd=str(cwd), env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            pass_fds=fds)
 
 
 def result(p: subprocess.Popen, what: str, timeout: float = 60) -> dict:
@@ -184,10 +206,19 @@ def test_single_run_program(store, store_path, work):
 
 def test_distributed_runs_programs(store, store_path, work):
     go = os.path.join(work, "go")
-    p1 = program("distributed_run.py", "image1.png", go, store=store_path, cwd=work)
-    p2 = program("distributed_run.py", "image2.png", go, store=store_path, cwd=work)
-    time.sleep(0.3)  # both started; release them together so that their upserts overlap
-    open(go, "w").close()
+    procs = []
+    for image in ("image1.png", "image2.png"):
+        r, w = os.pipe()
+        try:
+            procs.append(program("distributed_run.py", image, go, store=store_path, cwd=work, ready_fd=w))
+        finally:
+            os.close(w)
+        try:
+            expect_ready(r, f"distributed run with {image}", procs[-1])
+        finally:
+            os.close(r)
+    p1, p2 = procs
+    open(go, "w").close()  # both started; release them together so that their upserts overlap
     r1 = result(p1, "run 1")["run"]
     r2 = result(p2, "run 2")["run"]
 
@@ -568,20 +599,24 @@ def test_signals_during_cleanup_do_not_leave_mounts(mstore, tmp_path):
         ready = str(tmp_path / f"ready{i}")
         script = (f"trap 'kill $! 2>/dev/null; exit 0' TERM INT; echo x > out/partial{i}.txt; "
                   f"echo $$ > {ready}; sleep 30 & wait")
+        os.mkfifo(ready)  # the command writes its pid here: the test waits on that, not on a poll
         with open(tmp_path / f"err{i}", "w+") as err:
             p = subprocess.Popen(ARTFS + ["--store", mstore, "run", "--in", "data=ds", "--out", "out=res", "--",
                                           "sh", "-c", script],
                                  cwd=str(work), stdout=subprocess.DEVNULL, stderr=err)
             try:
-                deadline = time.monotonic() + 30
-                while not (os.path.exists(ready) and open(ready).read().strip()):
-                    assert p.poll() is None and time.monotonic() < deadline, open(err.name).read()
-                    time.sleep(0.01)
-                deadline = time.monotonic() + 20
-                while p.poll() is None and time.monotonic() < deadline:
-                    p.send_signal(sig)
-                    time.sleep(0.002)
-                assert p.poll() is not None, "artfs run did not stop"
+                assert read_fifo(ready, p, timeout=30), open(err.name).read()
+                # signals keep coming, one every 2 ms, until artfs run has ended (waited on its pidfd)
+                pidfd = os.pidfd_open(p.pid)
+                try:
+                    deadline = time.monotonic() + 20
+                    while True:
+                        p.send_signal(sig)
+                        if select.select([pidfd], [], [], 0.002)[0]:
+                            break
+                        assert time.monotonic() < deadline, "artfs run did not stop"
+                finally:
+                    os.close(pidfd)
             finally:
                 if p.poll() is None:
                     p.kill()
