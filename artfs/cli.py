@@ -684,7 +684,8 @@ def fsck(env: Env, as_json: bool):
         problems = repo.fsck(s, progress=p)
     nobj, nver = repo.counts(s)
     if as_json:
-        _echo_json({"ok": not problems, "problems": problems, "objects": nobj, "versions": nver})
+        _echo_json({"ok": not problems, "problems": problems, "objects": nobj, "versions": nver,
+                    "garbage": [] if problems else repo.garbage(s)})
         if problems:
             raise click.exceptions.Exit(1)
         return
@@ -692,6 +693,8 @@ def fsck(env: Env, as_json: bool):
         for line in problems:
             click.echo(quote_text(line))
         _die(f"fsck found {len(problems)} problem{'s' if len(problems) != 1 else ''}", 1)
+    for note in repo.garbage(s):
+        click.echo(f"note: {quote_text(note)}")
     click.echo(f"ok: {nobj} objects, {nver} versions")
 
 

@@ -106,14 +106,6 @@ class _VerifiedReader(io.RawIOBase):
         super().close()
 
 
-class _ScratchReader(io.FileIO):
-    """A file a draft holds in a scratch file (drafts made by mounts)."""
-
-    @property
-    def size(self) -> int:
-        return os.fstat(self.fileno()).st_size
-
-
 class _StagedWriter(io.BufferedRandom):
     """A file being written: a private temporary file, staged into the draft when closed.
     An exception inside ``with`` discards it instead."""
@@ -250,9 +242,9 @@ class ArtfsFileSystem(AbstractFileSystem, metaclass=_OnePerStore):
         return repo.resolve(self.store(), ref)
 
     def _draft(self, name: str):
-        """The staged draft of ``name`` in this instance, or None."""
+        """The staged draft of ``name`` in this instance, or None (nothing staged yet)."""
         a = self._staged.get(name)
-        return a.draft if a is not None else None
+        return a._draft if a is not None else None
 
     def _entry(self, path: str):
         """(entry, where it lives: a Draft or None for a version, VersionInfo or None)."""
@@ -343,9 +335,7 @@ class ArtfsFileSystem(AbstractFileSystem, metaclass=_OnePerStore):
         if e.kind not in (FILE, REF):
             raise OSError(errno.EINVAL, f"not a regular file ({_kind(e)})", path)
         with _errors(path):
-            if d is not None and e.scratch is not None:  # a draft's changed file (drafts made by mounts)
-                return _ScratchReader(d.scratch_path(e.scratch), "r")
-            if d is not None:  # staged content: stored objects, read like a version's
+            if d is not None:  # staged content: objects stored by add_file, read like a version's
                 return _VerifiedReader(VersionFile(repo.ContentReader(self.store(), e)), path, e.size)
             return _VerifiedReader(Version(self.store(), v).open(path.partition("/")[2]), path, e.size)
 
@@ -437,15 +427,23 @@ class ArtfsFileSystem(AbstractFileSystem, metaclass=_OnePerStore):
                 a.remove(fmt.join_path(parts))
 
     def mkdir(self, path, create_parents=True, **kwargs):
-        self._target(path)  # directories come with the files written into them
+        self.makedirs(path, exist_ok=True)
 
     def makedirs(self, path, exist_ok=False):
-        if self._strip_protocol(path).partition("/")[2]:
+        """Directories come with the files written into them: only check that ``path`` is in a
+        draft (``put``, ``put_file`` and the like call this before writing)."""
+        if self._split(path)[2]:
             self._target(path)
+
+    def cp_file(self, path1, path2, **kwargs):
+        """Copy a file (from any version or a draft) into a draft: staged like a write."""
+        src = self._reader(self._strip_protocol(path1))
+        with src, self._writer(self._strip_protocol(path2), "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
 
     def staged(self) -> dict:
         """What is staged: artifact name -> [(A|M|D, path), ...] against its parent."""
-        return {name: a.status() for name, a in self._staged.items()}
+        return {name: a.status() for name, a in self._staged.items() if a._draft is not None}
 
     def commit(self, name: str | None = None, message: str | None = None) -> list[str]:
         """Save the staged drafts (all, or the one of artifact ``name``) as new versions; returns
@@ -456,6 +454,9 @@ class ArtfsFileSystem(AbstractFileSystem, metaclass=_OnePerStore):
         out = []
         for n in names:
             a = self._staged[n]
+            if a._draft is None:  # nothing was ever staged (a first write that failed)
+                del self._staged[n]
+                continue
             with _errors(n):
                 v = a.save(message)
             del self._staged[n]

@@ -53,7 +53,9 @@ def parse_ref(text: str) -> Ref:
     if "/" in text:
         *scope, last = text.split("/")
         if len(scope) > 2 or not all(NAME_RE.fullmatch(p) for p in scope):
-            raise BadInput(f"bad reference {text!r}: expected [ENTITY/[PROJECT/]]NAME[:vN|:ALIAS]")
+            raise BadInput(
+                f"bad reference {text!r}: artifact names are letters, digits, '.', '_' or '-' (starting with a"
+                " letter or digit), optionally after ENTITY/PROJECT/; expected NAME, NAME:vN, NAME:ALIAS or NAME:draft")
         r = parse_ref(last)
         entity, project = (scope + [None, None])[:2] if len(scope) == 2 else (None, scope[0])
         return Ref(r.name, r.version, r.alias, r.draft, entity, project)

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 
 from artfs import repo
 from artfs.storage.store import Store
@@ -193,15 +192,7 @@ def test_concurrent_identical_puts_make_one_version(store_path, store, tmp_path)
 INIT_WORKER = """
 from artfs import repo
 from artfs.storage.store import Store
-try:
-    s = Store.init(store_path)  # every worker creates the store at once
-except FileNotFoundError as exc:
-    # Known artfs bug, pinned by test_store_init_interleaved_with_another_init (xfail): two inits
-    # share artfs-store.tmp and the second rename fails.  Let only that through (as a user would,
-    # by running init again), so that the rest of this test still checks the store.
-    if "artfs-store" not in str(exc):
-        raise
-    s = Store.init(store_path)
+s = Store.init(store_path)  # every worker creates the store at once
 src = os.path.join(os.getcwd(), f"init-{wid}")
 os.makedirs(src)
 with open(os.path.join(src, "f"), "w") as f:
@@ -230,13 +221,7 @@ if wid == 0:
     writers = [os.path.join(os.getcwd(), f"writer-{w}-done") for w in range(1, @WORKERS@)]
     runs = 0
     while not all(os.path.exists(p) for p in writers) and runs < 400:
-        try:
-            repo.gc(s)
-        except artfs.errors.Corrupt as exc:
-            # Known artfs bug, pinned by test_gc_while_a_draft_is_discarded (xfail): gc fails when a
-            # writer discards its API draft while gc loads it.  Only that is let through here.
-            if "no root directory" not in str(exc):
-                raise
+        repo.gc(s)
         runs += 1
     out.append(runs)
 else:
@@ -276,8 +261,6 @@ def test_gc_while_writing(store_path, store, tmp_path):
 # Released together through a pipe, the workers above meet these races in most runs; here each is
 # forced by running the other party at the exact point where it interleaves.
 
-@pytest.mark.xfail(strict=True, reason="artfs bug: two Store.init of one new store at once: both write "
-                                       "artfs-store.tmp, the second rename fails with FileNotFoundError")
 def test_store_init_interleaved_with_another_init(tmp_path, monkeypatch, fsck_clean):
     path = str(tmp_path / "s")
     real_rename = os.rename
@@ -297,8 +280,6 @@ def test_store_init_interleaved_with_another_init(tmp_path, monkeypatch, fsck_cl
     assert s.path == other[0].path
 
 
-@pytest.mark.xfail(strict=True, reason="artfs bug: gc fails (Corrupt 'damaged draft ...: no root directory') "
-                                       "when a draft it has just listed is discarded before it loads it")
 def test_gc_while_a_draft_is_discarded(store, tmp_path):
     import artfs
 

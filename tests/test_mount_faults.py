@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import struct
 import subprocess
 import sys
@@ -52,22 +51,11 @@ def versions(store: str, name: str) -> list[dict]:
     return json.loads(artfs(store, "log", "--json", name).stdout)
 
 
-LEFTOVER_SCRATCH = re.compile(r"\d+ unreferenced scratch file\(s\) in draft \S+ \(gc removes them\)")
 
 
 def assert_fsck(store: str, committed: bool = False) -> None:
     """fsck passes after a kill.  ``committed``: the killed daemon had just made a version."""
     p = artfs(store, "fsck", check=False)
-    if (committed and p.returncode != 0 and p.stdout
-            and all(LEFTOVER_SCRATCH.fullmatch(ln) for ln in p.stdout.splitlines())):
-        # Known artfs bug, pinned by test_ops_unit.py::test_fsck_after_a_crash_between_commit_and_scratch_deletion
-        # (xfail): a kill between a commit's durable record and the deletion of the scratch files it
-        # replaced leaves them behind (garbage, as unreferenced objects are), and fsck counts them as
-        # a problem.  Only that, and only after a commit that happened, is let through here (with no
-        # new version, a scratch file no record names would be a lost change); the next mount
-        # removes them, and what follows checks that the draft and the versions lost nothing.
-        print("fsck after kill (known bug, let through):", p.stdout.strip())
-        return
     assert p.returncode == 0, f"fsck after kill: {p.stdout}{p.stderr}"
 
 

@@ -9,7 +9,6 @@ a corrupt object (EIO, fsck) and the mount command's errors.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import mmap
 import os

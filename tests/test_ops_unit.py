@@ -852,9 +852,6 @@ def test_commit_after_a_merge_invalidates_what_changed(seeded, tmp_path, mktree,
     run(main)
 
 
-@pytest.mark.xfail(strict=True, reason="artfs bug: after a crash between a commit's durable record and the "
-                                       "deletion of the scratch files it replaced, fsck fails on the leftovers "
-                                       "('N unreferenced scratch file(s) ... (gc removes them)')")
 def test_fsck_after_a_crash_between_commit_and_scratch_deletion(tmp_path, mktree):
     """The commit order is: version and draft reset durable, then delete the replaced scratch
     files.  A crash in between leaves garbage that gc and the next mount remove, as a failed
@@ -1026,8 +1023,6 @@ def test_commit_control_file(seeded, monkeypatch, caplog):
     assert any(r.levelno == logging.ERROR and "commit failed" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.xfail(strict=True, reason="artfs bug: a commit that fails with an unexpected exception leaves "
-                                       "the previous outcome in .artfs/commit (reads as if it had succeeded)")
 def test_commit_control_file_after_an_unexpected_failure(seeded, monkeypatch):
     async def main():
         ops = draft_ops(seeded)

@@ -719,8 +719,9 @@ class Operations(pyfuse3.Operations):
             log.error("%s failed: %s", name.decode(), exc)
             self.last_error = f"error: {exc}"
             raise pyfuse3.FUSEError(errno_of(exc)) from None
-        except Exception:
+        except Exception as exc:
             log.exception("%s failed", name.decode())
+            self.last_error = f"error: internal error: {type(exc).__name__}: {exc}"
             raise pyfuse3.FUSEError(errno.EIO) from None
         return len(buf)
 

@@ -150,10 +150,8 @@ def fsck(store, progress=None) -> list[str]:
 
 def check_drafts(store) -> list[str]:
     problems = []
-    uuids = set()
     for row in store.meta.drafts():
         label = draft_label(row["key"])
-        uuids.add(row["scratch"])
         try:
             d = Draft(store, row)
         except (Corrupt, ArtfsError) as exc:
@@ -164,15 +162,30 @@ def check_drafts(store) -> list[str]:
         for name in sorted(d.referenced_scratch()):
             if d.scratch_stat(name) is None:
                 problems.append(f"missing scratch file {name} of draft {label}")
-        if not is_locked(store, d):
+    return problems
+
+
+def garbage(store) -> list[str]:
+    """Scratch files gc would remove, described (a crash between a durable record and the deletion
+    of what it replaced leaves these; like unreferenced objects, they are not damage)."""
+    notes = []
+    uuids = set()
+    for row in store.meta.drafts():
+        uuids.add(row["scratch"])
+        try:
+            d = Draft(store, row)
+        except (Corrupt, ArtfsError):
+            continue
+        if store.draft_here(row) and not is_locked(store, d):
             extra = d.unreferenced_scratch()
             if extra:
-                problems.append(f"{len(extra)} unreferenced scratch file(s) in draft {label} (gc removes them)")
+                notes.append(f"{len(extra)} unreferenced scratch file(s) in draft {draft_label(row['key'])}"
+                             " (gc removes them)")
     ddir = store.scratch_root()
     for name in sorted(os.listdir(ddir)) if os.path.isdir(ddir) else []:
         if name not in uuids:
-            problems.append(f"scratch directory drafts/{name} belongs to no draft (gc removes it)")
-    return problems
+            notes.append(f"scratch directory drafts/{name} belongs to no draft (gc removes it)")
+    return notes
 
 
 def expire(store, now: float | None = None) -> list[str]:
@@ -213,7 +226,10 @@ def gc(store, progress=None) -> tuple[int, int]:
         for row in live.values():
             if not store.draft_here(row):
                 continue  # another machine's scratch files: its gc cleans them
-            d = Draft(store, row)
+            try:
+                d = Draft(store, row)
+            except (Corrupt, ArtfsError):
+                continue  # discarded meanwhile, or damaged (fsck names it): nothing to clean
             try:
                 with lock_draft(store, d):
                     for name in d.unreferenced_scratch():

@@ -403,7 +403,19 @@ def _cache_limit(desc: dict) -> int:
         raise BadInput(f"ARTFS_CACHE_SIZE: {exc}") from None
 
 
+def _clients() -> None:
+    missing = []
+    for mod, pkg in (("psycopg", "psycopg[binary]"), ("obstore", "obstore")):
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(pkg)
+    if missing:
+        raise BadInput(f"a scale-out store needs {' and '.join(missing)}: pip install 'artfs[scaleout]'")
+
+
 def _parts(path: str, desc: dict, dsn: str | None = None):
+    _clients()
     from .pg_meta import PgMeta
     from .s3_objects import S3ObjectStore
 
@@ -440,6 +452,7 @@ def open_scaleout(path: str) -> ScaleoutStore:
 def init_scaleout(path: str, meta_dsn: str, objects_url: str, endpoint: str | None = None,
                   region: str | None = None, cache_size: int | None = None) -> ScaleoutStore:
     """Create (idempotently) a scale-out store and write its description at ``path``."""
+    _clients()
     from .pg_meta import PgMeta, redact
 
     path = os.path.abspath(path)

@@ -30,6 +30,7 @@ import fcntl
 import os
 import stat
 import threading
+import uuid
 from collections import OrderedDict
 from contextlib import contextmanager
 
@@ -125,7 +126,8 @@ class Store:
 
             return open_scaleout(path)
         if os.path.isdir(path) and not os.path.exists(os.path.join(path, MARKER)):
-            foreign = set(os.listdir(path)) - STORE_NAMES  # another process may be creating it right now
+            # another process may be creating it right now
+            foreign = {n for n in os.listdir(path) if n not in STORE_NAMES and not n.startswith(MARKER + ".tmp")}
             if foreign:
                 raise StoreMissing(f"{path} is not an artfs store and not empty; give a new or empty directory")
         if os.path.exists(path) and not os.path.isdir(path):
@@ -140,13 +142,14 @@ class Store:
             b.put_bytes(fmt.EMPTY_TREE)
         marker = os.path.join(path, MARKER)
         if not os.path.exists(marker):
-            fd = os.open(marker + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            tmp = f"{marker}.tmp.{uuid.uuid4().hex}"  # one per creator: they may race
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 os.write(fd, STORE_FORMAT.encode())
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(marker + ".tmp", marker)
+            os.rename(tmp, marker)  # the same bytes from every creator: the last rename wins harmlessly
             s.objects.durability.barrier(dirs=[path])
         return s
 
