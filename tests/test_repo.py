@@ -355,14 +355,28 @@ def test_put_rejects_bad_input(store, mktree, tmp_path):
     assert repo.lookup(store, v, "d/.artfs").kind == DIR
 
 
-def test_put_of_unreadable_file_fails_cleanly(store, mktree, tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root reads everything")
-    src = mktree(tmp_path / "src", {"a": b"1", "secret": b"2"})
+def test_put_of_unreadable_file_fails_cleanly(mktree, unprivileged):
+    """As a user who cannot read one file (root runs this as the unprivileged test user): one
+    line naming the file, exit 2, no version, nothing half-made."""
+    import subprocess
+    import sys
+
+    home = unprivileged.home
+    src = mktree(os.path.join(home, "src"), {"a": b"1", "secret": b"2"})
+    for dirpath, dirs, files in os.walk(home):
+        for n in dirs + files:
+            os.lchown(os.path.join(dirpath, n), unprivileged.uid, unprivileged.gid)
     os.chmod(os.path.join(src, "secret"), 0)
-    with pytest.raises(BadInput, match="cannot read"):
-        put(store, "ds", src)
-    assert store.meta.versions("ds") == []
+    s = os.path.join(home, "S")
+    code = ("import sys; from artfs.storage.store import Store; from artfs import repo\n"
+            "s = Store.init(sys.argv[1])\n"
+            "try:\n    repo.put_dir(s, 'ds', sys.argv[2])\n"
+            "except Exception as exc:\n    print(type(exc).__name__, exc); sys.exit(2)\n")
+    p = unprivileged.run([sys.executable, "-c", code, s, src], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(repo.__file__)))))
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert p.stdout.startswith("BadInput cannot read") and "secret" in p.stdout and "Permission denied" in p.stdout
+    assert Store.open(s).meta.versions("ds") == []
 
 
 def test_put_type_mismatch(store, mktree, tmp_path):
