@@ -63,6 +63,11 @@ class Conflict(ArtfsError):
 class Busy(Conflict):
     """Someone else holds what this needs for a while (a finish in progress); retry later."""
 
+    def __init__(self, message: str, holder: str | None = None, pending_id: int | None = None):
+        super().__init__(message)
+        self.holder = holder
+        self.pending_id = pending_id
+
 
 class Finished(Conflict):
     """A collaborative version that was already sealed."""

@@ -129,9 +129,6 @@ def test_put_larger_than_the_free_space(tmpfs, tmp_path):
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("command", ["put", "gc", "log", "mount"])
-@pytest.mark.xfail(strict=True, reason="on a completely full disk SQLite cannot create meta.sqlite-shm, and every "
-                   "command says 'meta.sqlite is not an artfs metadata database (disk I/O error)' (mount: 'daemon "
-                   "exited with status 1 (see the store's logs/)' and an empty log) -- even gc, the way to free space")
 def test_commands_on_a_completely_full_store_name_the_full_disk(tmpfs, tmp_path, command):
     """A command on a completely full store works (reading needs no space) or fails with one
     line naming the store as full (a put must) -- never "not an artfs metadata database"."""
@@ -322,10 +319,6 @@ def test_draft_unchanged_across_a_remount_after_failures(tmpfs, tmp_path):
 @needs_fuse
 @pytest.mark.mount
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=True, reason="fsync in a draft mount runs a WAL checkpoint, which needs space to grow "
-                   "meta.sqlite; on a full disk sqlite3 raises 'database or disk is full' outside tx(), which the "
-                   "FUSE layer turns into EIO (fsync and fsyncdir) instead of ENOSPC (or success: syncing the WAL "
-                   "needs no space)")
 def test_fsync_on_a_full_store_is_not_eio(tmpfs, tmp_path):
     store = os.path.join(tmpfs, "store")
     artfs(store, "init")

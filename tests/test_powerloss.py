@@ -285,9 +285,7 @@ def must(store: str, *args, timeout: float = 60) -> str:
 # Known bugs the sweeps step over, so that they go on checking everything else; each has a
 # test of its own below that checks the right behaviour (strict xfail: it fails loudly once
 # the bug is fixed, and then its tolerance here goes too).
-KNOWN = {
-    "finish-lease": "a cut finish leaves a 10-minute lease (test_finish_again_after_a_power_cut_does_not_wait_for_a_lease)",
-}
+KNOWN: dict[str, str] = {}  # none open now; the mechanism stays for the next one
 
 
 def check_fsck_cli(store: str, when: str) -> None:
@@ -811,8 +809,6 @@ def test_finish(tmp_path, sources, template):
                 assert have == {"<finished>"}, "v1 exists but the pending version is not sealed"
             else:
                 assert have == set(TREE2), f"the upserted files are not all pending any more: {have}"
-        if expire_stranded_lease(pt.store):
-            pt.known.add("finish-lease")
         # the finish again: it completes, or says it already did
         p = cli(pt.store, "finish", NAME, "--distributed-id", "g1", timeout=60)
         if 1 in vs:
@@ -824,20 +820,6 @@ def test_finish(tmp_path, sources, template):
             check_version(db, 1, TREE2, "after the finish again")
 
     sweep(tmp_path, "finish", prepare, operate, check, k=24)
-
-
-def expire_stranded_lease(store: str) -> bool:
-    """Age a finish lease the cut left behind, as the 10 minutes it lasts would (known bug
-    "finish-lease"); whether there was one."""
-    import sqlite3
-
-    c = sqlite3.connect(os.path.join(store, "meta.sqlite"))
-    try:
-        with c:
-            n = c.execute("UPDATE pending SET closing=1 WHERE closing IS NOT NULL AND finished IS NULL").rowcount
-    finally:
-        c.close()
-    return n > 0
 
 
 # -- gc --------------------------------------------------------------------------------------
@@ -909,9 +891,6 @@ def _read_draft_file(store: str, mnt: str, rel: str) -> bytes | None:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=True, reason="a new draft's scratch directory STORE/drafts/<uuid> is created but its "
-                   "name is never made durable (drafts/ is not fsynced): the first files fsynced in a fresh draft "
-                   "are lost at a power cut, and fsck reports 'missing scratch file'")
 def test_fsync_in_a_fresh_draft_survives(tmp_path, template, sources):
     def body(fs, store, mnt):
         write(os.path.join(mnt, "new.txt"), b"fsynced\n", fsync=True)
@@ -952,9 +931,6 @@ def _hold_a_read_snapshot(store: str, mnt: str):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=True, reason="SqliteMeta.durable() is PRAGMA wal_checkpoint(PASSIVE), which syncs "
-                   "nothing when a reader holds a snapshot at the last checkpoint: a program's fsync in a draft "
-                   "mount returns while the change is only in the page cache, and a power cut loses it")
 def test_fsync_in_a_draft_survives_while_another_process_reads(tmp_path, template, sources):
     def body(fs, store, mnt):
         reader = _hold_a_read_snapshot(store, mnt)
@@ -969,10 +945,6 @@ def test_fsync_in_a_draft_survives_while_another_process_reads(tmp_path, templat
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=True, reason="durable() syncs nothing while another process reads (see above), yet "
-                   "flush_dead() then deletes the scratch file the rename retired, and the next fsync makes that "
-                   "delete durable: after a power cut the file names a missing scratch file -- an atomic save "
-                   "(tmp, fsync, rename over, fsync dir) loses the old AND the new content")
 def test_atomic_save_in_a_draft_survives_while_another_process_reads(tmp_path, template, sources):
     def body(fs, store, mnt):
         conf = os.path.join(mnt, "conf.txt")
@@ -995,9 +967,6 @@ def test_atomic_save_in_a_draft_survives_while_another_process_reads(tmp_path, t
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.xfail(strict=True, reason="a finish cut by a power loss leaves its lease (pending.closing) for 10 "
-                   "minutes, though its holder is gone: finishing again (or upserting) waits up to FINISH_WAIT "
-                   "(15 minutes) instead of taking over a lease of a process that no longer exists")
 def test_finish_again_after_a_power_cut_does_not_wait_for_a_lease(tmp_path, template, sources):
     def prepare(fs, store, pt):
         start_store(fs, store, template)

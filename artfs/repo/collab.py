@@ -99,22 +99,28 @@ def upsert(store, draft, did: str, writer: str, label: str) -> tuple[dict, dict]
         with store.objects.batch() as b:
             root, _, done = draft.build(b)
         rows = contribution(store, draft.base_root, root)
-        p = _waiting(lambda: store.meta.upsert_rows(draft.artifact, draft.type, did, draft.parent,
+        p = _waiting(store, lambda: store.meta.upsert_rows(draft.artifact, draft.type, did, draft.parent,
                                                     draft.base_root.hex() if draft.base_root else None, writer,
                                                     label, rows))
     p["contributed"] = len(rows)
     return p, done
 
 
-def _waiting(fn):
+def _waiting(store, fn):
     """Run ``fn``; while another process finishes the pending version, wait for it to end (then
-    an upsert learns "already finished as NAME:vN", or goes ahead if that finish failed)."""
+    an upsert learns "already finished as NAME:vN", or goes ahead if that finish failed).  A
+    finish on this machine that died (killed, or before a power cut) gives its lease up at once."""
+    from ..storage.sqlite_pending import holder_is_gone
+
     deadline = time.monotonic() + FINISH_WAIT
     delay = 0.01
     while True:
         try:
             return fn()
-        except Busy:
+        except Busy as exc:
+            if exc.pending_id is not None and holder_is_gone(exc.holder):
+                store.meta.end_finish(exc.pending_id, holder=exc.holder)
+                continue
             if time.monotonic() > deadline:
                 raise
             # the other finish is in another process: the metadata store is the only place to look
@@ -187,7 +193,7 @@ def finish(store, artifact: str, did: str, message: str | None = None, metadata:
     """Seal the pending version as the next version (merged onto latest if latest moved since it
     began); later upserts/finishes with ``did`` fail with "already finished"."""
     did = distributed_id(did)
-    p = _waiting(lambda: store.meta.begin_finish(artifact, did))
+    p = _waiting(store, lambda: store.meta.begin_finish(artifact, did))
     try:
         base = V.version(store, artifact, p["parent"]) if p["parent"] is not None else None
         with store.writing():

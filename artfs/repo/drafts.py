@@ -334,12 +334,14 @@ class Draft:
         self._digests.pop(name, None)
 
     def sync_scratch_dir(self) -> None:
-        """Make the names of new scratch files durable (a program's fsync of a new file)."""
-        fd = os.open(self.scratch_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        """Make the names of new scratch files durable (a program's fsync of a new file): the
+        draft's scratch directory, and that directory's own name in drafts/."""
+        for d in (self.scratch_dir, os.path.dirname(self.scratch_dir)):
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def flush_dead(self) -> int:
         """Delete scratch files that durable changes replaced (call after ``meta.durable()``)."""

@@ -214,6 +214,9 @@ def gc(store, progress=None) -> tuple[int, int]:
         # its directory exists, so a directory listed here whose row is missing is garbage
         ddir = store.scratch_root()
         names = os.listdir(ddir) if os.path.isdir(ddir) else []
+        # what gc keeps follows the metadata as it is now; make that durable first, so a power cut
+        # cannot bring back an older state that names something gc deleted
+        store.meta.durable()
         used = mark(store, None, progress)
         doomed = [d for d in store.objects.list() if d not in used]
         freed += store.objects.delete(doomed)

@@ -142,6 +142,10 @@ def drafts(store) -> list[dict]:
         item = {"draft": draft_label(row["key"]), "key": row["key"], "artifact": row["artifact"],
                 "parent": f"{row['artifact']}:v{row['parent']}" if row["parent"] is not None else None,
                 "created": row["created"], "updated": row.get("updated", row["created"])}
+        if not store.draft_here(row):  # scale-out: its scratch files are on another machine
+            item.update(changes=None, mounted=False, machine=row.get("machine_label") or row.get("machine"))
+            out.append(item)
+            continue
         try:
             d = Draft(store, row)
             item["changes"] = len(d.status())

@@ -55,6 +55,7 @@ class LocalBatch(Batch):
     def __init__(self, store: "LocalObjectStore"):
         self.store = store
         self.pending: dict[bytes, str] = {}  # digest -> temporary file
+        self.relied: set[str] = set()  # directories of existing objects this batch reuses
 
     def _new_tmp(self) -> tuple[str, int]:
         p = os.path.join(self.store.tmp_dir, uuid.uuid4().hex)
@@ -65,7 +66,12 @@ class LocalBatch(Batch):
 
     def put_bytes(self, data: bytes) -> bytes:
         d = blake(data)
-        if d in self.pending or self.store.sound(d, data):
+        if d in self.pending:
+            return d
+        if self.store.sound(d, data):
+            # another writer's object may be renamed but its name not yet durable: this batch's
+            # barrier covers that directory too before anything relies on it
+            self.relied.add(os.path.dirname(self.store.path(d)))
             return d
         tmp, fd = self._new_tmp()
         self.pending[d] = tmp  # registered first: abort() removes it whatever happens next
@@ -110,6 +116,9 @@ class LocalBatch(Batch):
 
     def close(self) -> None:
         if not self.pending:
+            if self.relied:
+                self.store.durability.barrier(dirs=sorted(self.relied))
+                self.relied.clear()
             return
         s = self.store
         s.durability.barrier(files=self.pending.values())
@@ -125,7 +134,8 @@ class LocalBatch(Batch):
                 os.rename(tmp, final)
             dirs.add(sub)
         self.pending.clear()
-        s.durability.barrier(dirs=sorted(dirs))
+        s.durability.barrier(dirs=sorted(dirs | self.relied))
+        self.relied.clear()
 
     def abort(self) -> None:
         for tmp in self.pending.values():

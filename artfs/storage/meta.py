@@ -200,8 +200,9 @@ class MetaStore(ABC):
         NotFound / Finished as the pending version's state says."""
 
     @abstractmethod
-    def end_finish(self, pending_id: int) -> None:
-        """Give the lease back after a finish that failed."""
+    def end_finish(self, pending_id: int, holder: str | None = None) -> None:
+        """Give the lease back after a finish that failed (``holder``: take it from a finish that
+        died, only if that one still holds it)."""
 
     @abstractmethod
     def discard_pending(self, artifact: str, did: str) -> bool: ...

@@ -146,11 +146,22 @@ def schema_of(dsn: str) -> str:
 
 
 def redact(dsn: str) -> str:
-    """The DSN without its password (what a description file and messages may show)."""
+    """The DSN without its password (what a description file and messages may show); a URL
+    stays a URL."""
     try:
         d = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
         return "<unparsable DSN>"
+    if dsn.startswith(("postgresql://", "postgres://")):
+        from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+        u = urlsplit(dsn)
+        netloc = u.netloc
+        if "@" in netloc:
+            cred, host = netloc.rsplit("@", 1)
+            netloc = cred.split(":", 1)[0] + "@" + host
+        query = urlencode([(k, v) for k, v in parse_qsl(u.query, keep_blank_values=True) if k != "password"])
+        return urlunsplit((u.scheme, netloc, u.path, query, u.fragment))
     d.pop("password", None)
     return psycopg.conninfo.make_conninfo("", **d)
 

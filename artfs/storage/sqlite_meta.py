@@ -138,7 +138,8 @@ class SqliteMeta(PendingMeta, RunsMeta, MetaStore):
                 raise
             db.execute("COMMIT")
         except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL or "disk is full" in str(exc):
+            if (getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL or "disk is full" in str(exc)
+                    or ("disk I/O error" in str(exc) and self._disk_full())):
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise NoSpace(f"no space left for the store's database {self.path}") from None
@@ -148,10 +149,20 @@ class SqliteMeta(PendingMeta, RunsMeta, MetaStore):
                 db.execute("PRAGMA synchronous=NORMAL")
 
     def durable(self) -> None:
-        """Every committed transaction on disk.  A checkpoint syncs the WAL before it copies
-        anything and the database after (synchronous=NORMAL); files of the database are never
-        opened here: closing a descriptor would drop SQLite's POSIX locks."""
-        self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        """Every committed transaction on disk: a one-row transaction committed with
+        synchronous=FULL fsyncs the WAL, and with it every frame before its own (a checkpoint
+        would not: it syncs nothing while another process's reader holds an old snapshot).
+        Files of the database are never opened here: closing a descriptor would drop SQLite's
+        POSIX locks."""
+        with self.tx(durable=True) as db:
+            db.execute("INSERT OR REPLACE INTO info VALUES('synced', ?)", (str(time.time()),))
+
+    def _disk_full(self) -> bool:
+        try:
+            st = os.statvfs(os.path.dirname(self.path))
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < 64 * 1024
 
     # -- schema -----------------------------------------------------------------
     def create(self) -> None:
@@ -169,6 +180,9 @@ class SqliteMeta(PendingMeta, RunsMeta, MetaStore):
         try:
             row = self.db.execute("SELECT value FROM info WHERE key='schema'").fetchone()
         except sqlite3.DatabaseError as exc:
+            if "disk I/O error" in str(exc) and self._disk_full():
+                raise NoSpace(f"the disk of the store {os.path.dirname(self.path)} is full: SQLite cannot even"
+                              " open its database; free some space there (then artfs gc frees more)") from None
             raise SchemaMismatch(f"{self.path} is not an artfs metadata database ({exc})") from None
         have = int(row["value"]) if row else 0
         if have == SCHEMA_VERSION:

@@ -24,6 +24,31 @@ from ..errors import Busy, Conflict, Finished, NotFound, Stale
 
 FINISH_LEASE = 600.0  # seconds an unfinished finish keeps upserts out
 
+
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def lease_holder() -> str:
+    """Who holds a finish lease: enough to tell, on the same machine, that the holder is gone."""
+    return f"pid {os.getpid()} on {socket.gethostname()} boot {boot_id()}"
+
+
+def holder_is_gone(holder: str | None) -> bool:
+    """A lease holder on this machine that is no longer running (killed, or before a reboot)."""
+    import re
+
+    from ..proc import alive
+
+    m = re.fullmatch(r"pid (\d+) on (\S+) boot (\S+)", holder or "")
+    if not m or m.group(2) != socket.gethostname():
+        return False  # another machine's: its lease runs out by itself
+    return m.group(3) != boot_id() or not alive(int(m.group(1)))
+
 PENDING_SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending(
     id INTEGER PRIMARY KEY AUTOINCREMENT, artifact TEXT NOT NULL, type TEXT NOT NULL,
@@ -97,7 +122,8 @@ class PendingMeta:
                 if p["finished"] is not None:
                     raise self._finished_error(p)
                 if self._closing(p):
-                    raise Busy(f"pending version {artifact} ({did}) is being finished by {p['closing_by']}")
+                    raise Busy(f"pending version {artifact} ({did}) is being finished by {p['closing_by']}",
+                               holder=p["closing_by"], pending_id=p["id"])
                 if p["parent"] != parent:
                     have = f"v{p['parent']}" if p["parent"] is not None else "nothing (a new version from scratch)"
                     mine = f"v{parent}" if parent is not None else "nothing"
@@ -162,18 +188,25 @@ class PendingMeta:
             if p["finished"] is not None:
                 raise self._finished_error(p)
             if self._closing(p):
-                raise Busy(f"pending version {artifact} ({did}) is already being finished by {p['closing_by']}")
+                raise Busy(f"pending version {artifact} ({did}) is already being finished by {p['closing_by']}",
+                           holder=p["closing_by"], pending_id=p["id"])
             db.execute("UPDATE pending SET closing=?, closing_by=? WHERE id=?",
-                       (time.time() + FINISH_LEASE, f"pid {os.getpid()} on {socket.gethostname()}", p["id"]))
+                       (time.time() + FINISH_LEASE, lease_holder(), p["id"]))
             out = dict(p)
             out["rows"] = [(r["writer"], bytes(r["path"]), bytes(r["rec"])) for r in db.execute(
                 "SELECT writer, path, rec FROM pending_rows WHERE pending_id=? ORDER BY path, writer", (p["id"],))]
         return out
 
-    def end_finish(self, pending_id: int) -> None:
-        """Give the lease back (a finish that failed)."""
+    def end_finish(self, pending_id: int, holder: str | None = None) -> None:
+        """Give the lease back (a finish that failed; or, with ``holder``, take it from a finish
+        that died -- only if that one still holds it)."""
         with self.tx() as db:
-            db.execute("UPDATE pending SET closing=NULL, closing_by=NULL WHERE id=? AND finished IS NULL", (pending_id,))
+            if holder is None:
+                db.execute("UPDATE pending SET closing=NULL, closing_by=NULL WHERE id=? AND finished IS NULL",
+                           (pending_id,))
+            else:
+                db.execute("UPDATE pending SET closing=NULL, closing_by=NULL WHERE id=? AND finished IS NULL"
+                           " AND closing_by=?", (pending_id, holder))
 
     @staticmethod
     def _check_seal(db, seal: dict) -> None:
