@@ -79,8 +79,9 @@ def register(group) -> None:
             return
         w = max(len(r["artifact"]) for r in rows)
         wt = max(len(r["type"]) for r in rows)
+        wl = max(len(r["latest"] or "-") for r in rows)
         for r in rows:
-            click.echo(f"{r['artifact']:<{w}}  {r['type']:<{wt}}  {r['latest'] or '-':<12}  "
+            click.echo(f"{r['artifact']:<{w}}  {r['type']:<{wt}}  {r['latest'] or '-':<{wl}}  "
                        f"{r['versions']} version{'s' if r['versions'] != 1 else ''}  {r['files']} files  "
                        f"{r['bytes']} bytes")
 

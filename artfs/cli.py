@@ -209,7 +209,10 @@ def init(env: Env, meta_dsn, objects_url, endpoint, region, cache_size):
     """Create the store (idempotent); prints its path.
 
     With --meta and --objects: a scale-out store shared by many machines; the store path is then a
-    small description file, and a copy of it is all another machine needs."""
+    small description file, and a copy of it is all another machine needs.
+
+    Example: artfs --store /data/artfs init
+    """
     scale = (meta_dsn, objects_url, endpoint, region, cache_size)
     if any(x is not None for x in scale):
         if meta_dsn is None or objects_url is None:
@@ -347,7 +350,10 @@ def finish(env: Env, name: str, src: str | None, distributed_id: str | None, mes
 @click.option("--pending", "did", metavar="ID", help="The pending collaborative version of NAME to drop.")
 @pass_env
 def discard(env: Env, ref: str, did: str | None):
-    """Drop a draft (NAME:draft, or one `artfs drafts` lists), or a pending collaborative version."""
+    """Drop a draft (NAME:draft, or one `artfs drafts` lists), or a pending collaborative version.
+
+    Example: artfs discard mnist:draft
+    """
     from .refs import parse_ref
 
     s = env.store()
@@ -494,9 +500,12 @@ def _since(text: str) -> float:
             return datetime.strptime(text, form).timestamp()
         except ValueError:
             continue
-    secs = parse_duration(text)
+    try:
+        secs = parse_duration(text)
+    except BadInput:
+        secs = None
     if secs is None:
-        raise BadInput(f"bad --since {text!r}: a date like 2026-11-01 or an age like 7d")
+        raise BadInput(f"bad --since {text!r}: give a date (2026-11-01, 2026-11-01 12:00) or an age (90m, 12h, 7d)")
     return time.time() - secs
 
 
@@ -529,7 +538,10 @@ def _entry_json(e) -> dict:
 @click.option("--pending", "did", metavar="ID", help="List the files upserted into this pending version of REF.")
 @pass_env
 def ls_(env: Env, ref: str, path: str, long_: bool, as_json: bool, did: str | None):
-    """Entries of a version (of its directory PATH, default the root)."""
+    """Entries of a version (of its directory PATH, default the root).
+
+    Example: artfs ls -l mnist:v3 train
+    """
     s = env.store()
     if did is not None:
         check_artifact_name(ref)
@@ -582,7 +594,10 @@ def _follow(s: Store, v: repo.VersionInfo, path: str):
 @click.argument("path")
 @pass_env
 def cat(env: Env, ref: str, path: str):
-    """Write the file PATH of a version to stdout."""
+    """Write the file PATH of a version to stdout (all of it verified before the first byte).
+
+    Example: artfs cat mnist:latest labels.csv | head
+    """
     s = env.store()
     v = repo.resolve(s, ref)
     e = _follow(s, v, path)
@@ -604,7 +619,10 @@ def cat(env: Env, ref: str, path: str):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_env
 def diff(env: Env, ref1: str, ref2: str, as_json: bool):
-    """What changed from REF1 to REF2: A (added), M (modified), D (deleted) lines, sorted by path."""
+    """What changed from REF1 to REF2: A (added), M (modified), D (deleted) lines, sorted by path.
+
+    Example: artfs diff mnist:v2 mnist:v3
+    """
     s = env.store()
     a, b = repo.resolve(s, ref1), repo.resolve(s, ref2)
     changes = repo.diff_versions(s, a, b)
@@ -707,12 +725,18 @@ def gc(env: Env, as_json: bool):
     Example: artfs gc
     """
     s = env.store()
+    expired, kept = repo.expire(s)
     with env.progress("gc") as p:
         removed, freed = repo.gc(s, progress=p)
     if as_json:
-        _echo_json({"objects_removed": removed, "bytes_freed": freed})
-    else:
-        click.echo(f"removed {removed} object{'s' if removed != 1 else ''} ({freed} bytes)")
+        _echo_json({"objects_removed": removed, "bytes_freed": freed, "expired_deleted": expired,
+                    "expired_kept_by_alias": kept})
+        return
+    for ref in expired:
+        click.echo(f"deleted {ref} (its TTL ran out)")
+    for ref in kept:
+        click.echo(f"kept {ref}: its TTL ran out, but a user alias points at it")
+    click.echo(f"removed {removed} object{'s' if removed != 1 else ''} ({freed} bytes)")
 
 
 # -- commands from other modules ------------------------------------------------------------

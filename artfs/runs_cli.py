@@ -18,7 +18,10 @@ def register(group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @click.pass_context
     def runs_cmd(ctx, as_json):
-        """Runs, newest first (`artfs runs show ID` for one)."""
+        """Runs, newest first (`artfs runs show ID` for one).
+
+        Example: artfs runs --json
+        """
         if ctx.invoked_subcommand is not None:
             return
         from .repo import runs
@@ -40,7 +43,10 @@ def register(group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @pass_env
     def runs_show(env, run_id, as_json):
-        """Everything recorded about one run."""
+        """Everything recorded about one run.
+
+        Example: artfs runs show 3f2a9c1e
+        """
         from .repo import runs
 
         d = runs.describe(env.store(), run_id)
@@ -62,7 +68,10 @@ def register(group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @pass_env
     def lineage_cmd(env, ref, direction, depth, as_json):
-        """Producing run and its inputs (up), consuming runs and their outputs (down)."""
+        """Producing run and its inputs (up), consuming runs and their outputs (down).
+
+        Example: artfs lineage model:v4 --up
+        """
         from . import repo
         from .repo import runs
 
@@ -121,7 +130,10 @@ def register(group) -> None:
     @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
     @pass_env
     def run_cmd(env, ins, outs, group, job_type, message, cmd):
-        """Run CMD as a run: inputs mounted read-only, outputs as drafts committed on success."""
+        """Run CMD as a run: inputs mounted read-only, outputs as drafts committed on success.
+
+        Example: artfs run --in data=mnist:v3 --out model=model -- python train.py data model
+        """
         from .fuse.runner import run
 
         rc = run(env.store(), list(ins), list(outs), list(cmd), group=group, job_type=job_type, message=message,

@@ -33,7 +33,10 @@ def register(group) -> None:
         """Copy the version REF (with its objects and lineage) to STORE, sending only what STORE lacks.
 
         STORE is another store's path: a local store directory or a scale-out store's
-        description file.  Idempotent; an interrupted push resumes where it stopped."""
+        description file.  Idempotent; an interrupted push resumes where it stopped.
+
+        Example: artfs push mnist:v3 /shared/team.artfs
+        """
         from .repo import transfer
         from .storage.store import Store
 
@@ -51,7 +54,10 @@ def register(group) -> None:
     @pass_env
     def pull(env, ref, source, all_versions, as_json):
         """Copy the version REF (with its objects and lineage) from another STORE into this one,
-        sending only what this store lacks.  Idempotent and resumable."""
+        sending only what this store lacks.  Idempotent and resumable.
+
+        Example: artfs pull mnist:v3 --from /shared/team.artfs
+        """
         from .repo import transfer
         from .storage.store import Store
 

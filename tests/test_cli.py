@@ -534,7 +534,10 @@ def inproc(tmp_path, monkeypatch):
     for k in ("ARTFS_STORE", "ARTFS_DEBUG", "ARTFS_PROGRESS"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setattr(cli_mod.cli, "plugin_errors", None)  # load plugins afresh in each test,
-    monkeypatch.setattr(cli_mod.cli, "commands", dict(cli_mod.cli.commands))  # into a copy of the group
+    # into a copy of the group holding only cli.py's own commands (other tests in this process may
+    # have loaded the plugins already)
+    monkeypatch.setattr(cli_mod.cli, "commands", {k: c for k, c in cli_mod.cli.commands.items()
+                                                  if getattr(c.callback, "__module__", "") == "artfs.cli"})
     store = str(tmp_path / "store")
     runner = CliRunner()
 

@@ -407,13 +407,9 @@ def test_baseline(route, legacy):
 
 
 STAGES = ["draft", "version", "out", "export"]
-# test id -> reason, for the checks that fail because of an artfs bug (see the report); strict xfail
-NLINK_AFTER_COMMIT = ("artfs bug: once a commit makes the draft clean, a hard-linked file of the new parent "
-                      "version shows st_nlink 1 in the draft until its next change or a remount (which also "
-                      "give the group a new inode number); test_mount_model.py has the focused tests")
-KNOWN_BUGS: dict[str, str] = {
-    f"{tool}-draft_after_commit-links": NLINK_AFTER_COMMIT for tool in TOOLS
-}
+# test id -> reason, for checks that fail because of a known artfs bug (strict xfail); none open now.
+# (NLINK after commit was one: fixed when the draft adopts the new parent's link groups at commit.)
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def _params(*axes):

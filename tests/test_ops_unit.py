@@ -451,7 +451,7 @@ def test_commit_holds_back_changes_and_writes_but_not_reads(seeded, monkeypatch,
                 dh = await ops.opendir(ROOT_INO, CTX)
                 await ops.readdir(dh, 0, "TOKEN")
                 await ops.releasedir(dh)
-                assert [n for n, _, _ in replies.accepted] == [b"a", b"b", b"d", b"e", b"f", b"g"]
+                assert [n for n, _, _ in replies.accepted] == [b".", b"..", b"a", b"b", b"d", b"e", b"f", b"g"]
                 assert await read_ctl(ops, REF) != ""
             # a stored file's read goes through a worker thread: it completes while the commit waits
             assert await read_file(ops, b) == b"bee\n"
@@ -634,46 +634,56 @@ def test_readdir_counts_only_accepted_entries(seeded, replies):
         ops = draft_ops(seeded)
         nodes = ops.vfs.nodes
         g = (await ops.lookup(ROOT_INO, b"g", CTX)).st_ino  # known before the listing
+        root_lookups = nodes[ROOT_INO].lookups
         dh = await ops.opendir(ROOT_INO, CTX)
-        replies.budget = 2
+        replies.budget = 4
         await ops.readdir(dh, 0, "TOKEN")
-        (na, ia, ja), (nb, ib, jb) = replies.accepted
-        assert (na, ja, nb, jb) == (b"b", 1, b"d", 2)  # sorted, offsets are the next entry's
+        dot, dotdot, (na, ia, ja), (nb, ib, jb) = replies.accepted
+        assert dot == (b".", ROOT_INO, 1) and dotdot == (b"..", ROOT_INO, 2)  # the root is its own parent
+        assert nodes[ROOT_INO].lookups == root_lookups  # "." and "..": the kernel counts no lookup
+        assert (na, ja, nb, jb) == (b"b", 3, b"d", 4)  # sorted, offsets are the next entry's
         assert replies.refused == [b"e"]
         assert nodes[ia].lookups == 1 and nodes[ib].lookups == 1
         refused = ops.vfs.draft.ino_of(ROOT_INO, b"e", ops.vfs.draft.lookup((b"e",)))
         assert refused not in nodes  # refused: the kernel does not know it, nothing to forget
         # the kernel asks again from where it stopped
         replies.budget = 2
-        await ops.readdir(dh, 2, "TOKEN")
-        assert [n for n, _, _ in replies.accepted[2:]] == [b"e", b"f"]
+        await ops.readdir(dh, 4, "TOKEN")
+        assert [n for n, _, _ in replies.accepted[4:]] == [b"e", b"f"]
         assert replies.refused == [b"e", b"g"]
         assert nodes[g].lookups == 1  # refused, but known from its lookup: kept, not counted
         replies.budget = 10
-        await ops.readdir(dh, 4, "TOKEN")
-        assert replies.accepted[-1] == (b"g", g, 5)
+        await ops.readdir(dh, 6, "TOKEN")
+        assert replies.accepted[-1] == (b"g", g, 7)
         assert nodes[g].lookups == 2
-        await ops.readdir(dh, 5, "TOKEN")  # past the end: nothing
-        assert len(replies.accepted) == 5
+        await ops.readdir(dh, 7, "TOKEN")  # past the end: nothing
+        assert len(replies.accepted) == 7
         await ops.releasedir(dh)
         # every counted entry is forgotten by its count
-        await ops.forget([(i, 1) for _, i, _ in replies.accepted] + [(g, 1)])
+        await ops.forget([(i, 1) for n, i, _ in replies.accepted if n not in (b".", b"..")] + [(g, 1)])
         assert set(nodes) == {ROOT_INO}
         # rewinding (offset 0) lists the directory as it is now
         dh = await ops.opendir(ROOT_INO, CTX)
-        replies.budget, replies.accepted = 1, []
+        replies.budget, replies.accepted = 3, []
         await ops.readdir(dh, 0, "TOKEN")
         await ops.unlink(ROOT_INO, b"b", CTX)
         replies.budget = 10
         await ops.readdir(dh, 0, "TOKEN")
-        assert [n for n, _, _ in replies.accepted] == [b"b", b"d", b"e", b"f", b"g"]
+        assert [n for n, _, _ in replies.accepted] == [b".", b"..", b"b", b".", b"..", b"d", b"e", b"f", b"g"]
+        await ops.releasedir(dh)
+        # a subdirectory's ".." is its parent
+        d = (await ops.lookup(ROOT_INO, b"d", CTX)).st_ino
+        dh = await ops.opendir(d, CTX)
+        replies.budget, replies.accepted = 10, []
+        await ops.readdir(dh, 0, "TOKEN")
+        assert replies.accepted[:2] == [(b".", d, 1), (b"..", ROOT_INO, 2)]
         await ops.releasedir(dh)
         # the control directory is listed without counting
         dh = await ops.opendir(CTL_DIR, CTX)
-        replies.accepted = []
+        replies.budget, replies.accepted = 10, []
         await ops.readdir(dh, 0, "TOKEN")
-        assert replies.accepted == [(b"commit", COMMIT, 1), (b"pid", CTL_FILES[b"pid"], 2), (b"ref", REF, 3),
-                                    (b"status", STATUS, 4)]
+        assert replies.accepted == [(b".", CTL_DIR, 1), (b"..", ROOT_INO, 2), (b"commit", COMMIT, 3),
+                                    (b"pid", CTL_FILES[b"pid"], 4), (b"ref", REF, 5), (b"status", STATUS, 6)]
 
     run(main)
 

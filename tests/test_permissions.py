@@ -214,10 +214,7 @@ def scenarios(uid: int, gid: int) -> dict:
 
 
 # scenario (or "control_files") -> reason, for the draft side of checks that fail because of an artfs bug
-KNOWN_BUGS: dict[str, str] = {
-    "listxattr_hides_trusted": "artfs bug: listxattr by a user without CAP_SYS_ADMIN lists trusted.* names "
-                               "(ext4 leaves them out; the kernel leaves listing to the file system)",
-}
+KNOWN_BUGS: dict[str, str] = {}  # scenario -> reason, strict xfail for a known artfs bug; none open
 NAMES = list(scenarios(0, 0))
 
 

@@ -122,13 +122,14 @@ def daemon_pid(mnt: str) -> int | None:
         return None
 
 
-def umount(mnt: str, timeout: float = 30.0) -> str:
-    """Unmount and wait for the daemon to exit; returns what happened (one line)."""
+def umount(mnt: str, timeout: float = 30.0) -> tuple[str, bool]:
+    """Unmount and wait for the daemon to exit; returns what happened (one line) and whether the
+    user should hear it (a dead mount cleaned up, a daemon still finishing)."""
     mnt = os.path.abspath(mnt)
     if mounttab.is_dead(mnt):
         if not mounttab.lazy_unmount(mnt):
             raise ArtfsError(f"{mnt} is a dead mount and fusermount3 -u -z failed")
-        return f"{mnt} was a dead mount (its daemon had died); removed it"
+        return f"{mnt} was a dead mount (its daemon had died); removed it", True
     if not os.path.ismount(mnt):
         raise BadInput(f"{mnt} is not mounted")
     pid = daemon_pid(mnt)
@@ -141,8 +142,8 @@ def umount(mnt: str, timeout: float = 30.0) -> str:
             raise ArtfsError(f"{mnt} is busy: used by {who}")
         raise ArtfsError(why)
     if pid and not mounttab.wait_exit(pid, timeout):
-        return f"unmounted {mnt} (its daemon, pid {pid}, is still finishing)"
-    return f"unmounted {mnt}"
+        return f"unmounted {mnt} (its daemon, pid {pid}, is still finishing)", True
+    return f"unmounted {mnt}", False
 
 
 def _ctl(mnt: str, name: str) -> str:
@@ -289,8 +290,8 @@ def register(group) -> None:
 
         Example: artfs umount /mnt/d
         """
-        msg = umount(mountpoint)
-        if "dead" in msg or "still" in msg:
+        msg, tell = umount(mountpoint)
+        if tell:
             click.echo(f"artfs: {msg}", err=True)
 
     @group.command("commit")

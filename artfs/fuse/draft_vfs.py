@@ -119,6 +119,11 @@ class DraftVFS(BaseVFS):
             raise NotADirectory("not a directory")
         return sorted(self.draft.children(e).items())
 
+    def parent_of(self, ino: int) -> int:
+        """The inode number of a directory's parent (the root's, or a removed one's, is its own)."""
+        n = self.node(ino)
+        return n.parent if n.parent is not None else ino
+
     def dirent_node(self, parent_ino: int, index: int, name: bytes, e: Entry) -> Node:
         return self._known(parent_ino, name, e)
 

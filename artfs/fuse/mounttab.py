@@ -54,11 +54,12 @@ def is_artfs(m: dict | None) -> bool:
 
 
 def is_dead(path: str) -> bool:
-    """A FUSE mount in the kernel's table whose daemon is gone."""
+    """A FUSE mount in the kernel's table whose daemon is gone.  statfs always reaches the daemon
+    (stat may be answered from the kernel's attribute cache, an hour for a version)."""
     if not is_artfs(kernel_mount(path)):
         return False
     try:
-        os.stat(path)
+        os.statvfs(path)
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False
@@ -170,8 +171,8 @@ def registered(store) -> list[dict]:
             continue
         live = alive(r["pid"])
         listed = kernel_mount(r["mountpoint"]) is not None
-        if not live and not listed:
-            try:  # gone for good: forget it
+        if not live and (not listed or not is_dead(r["mountpoint"])):
+            try:  # gone for good (or something else, alive, is mounted there now): forget it
                 os.unlink(os.path.join(d, name))
             except OSError:
                 pass

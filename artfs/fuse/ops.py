@@ -267,10 +267,17 @@ class Operations(pyfuse3.Operations):
 
     # -- directories --------------------------------------------------------------
     def _listing(self, inode: int) -> list:
+        """(name, Entry) per entry; "." and ".." first, as (name, inode number), and the control
+        files as (name, None)."""
         if inode == CTL_DIR:
             names = [k for k in CTL_FILES if k != b"finish" or self.collab is not None]
-            return [(k, None) for k in sorted(names)]
-        return self.vfs.listdir(inode)
+            return [(b".", CTL_DIR), (b"..", ROOT_INO)] + [(k, None) for k in sorted(names)]
+        return [(b".", inode), (b"..", self.vfs.parent_of(inode))] + self.vfs.listdir(inode)
+
+    def _dot_attr(self, ino: int):
+        if self._is_ctl(ino):
+            return self._ctl_attr(ino)
+        return self._attr(self.vfs.stat(self.vfs.node(ino)))
 
     @fuse_handler
     async def opendir(self, inode, ctx):
@@ -290,11 +297,19 @@ class Operations(pyfuse3.Operations):
         vfs = self.vfs
         for i in range(start_id, len(listing)):
             name, e = listing[i]
+            if isinstance(e, int):  # "." or "..": the kernel counts no lookup for these
+                try:
+                    attr = self._dot_attr(e)
+                except errors.NotFound:  # the parent went away meanwhile: leave ".." out
+                    continue
+                if not pyfuse3.readdir_reply(token, name, attr, i + 1):
+                    return
+                continue
             if e is None:  # control directory
                 if not pyfuse3.readdir_reply(token, name, self._ctl_attr(CTL_FILES[name]), i + 1):
                     return
                 continue
-            n = vfs.dirent_node(inode, i, name, e)
+            n = vfs.dirent_node(inode, i - 2, name, e)  # its index among the entries, after "." and ".."
             counted = pyfuse3.readdir_reply(token, name, self._attr(vfs.stat(n, e)), i + 1)
             vfs.dirent_counted(n, counted)
             if not counted:
@@ -492,7 +507,8 @@ class Operations(pyfuse3.Operations):
                 await self._copy_up(n, truncate=truncate)
                 h, _ = vfs.open(inode, True)
                 h.append = bool(flags & os.O_APPEND)
-                if truncate and n.scratch.fstat().st_size:  # a file already changed was not copied again
+                if truncate:  # a file already changed was not copied again; even an empty one's
+                    # mtime and ctime move (ftruncate always stamps them, as open(O_TRUNC) does on ext4)
                     await trio.to_thread.run_sync(n.scratch.truncate, 0)
         else:
             h, e = vfs.open(inode, False)
@@ -612,7 +628,10 @@ class Operations(pyfuse3.Operations):
     async def listxattr(self, inode, ctx):
         if self._is_ctl(inode):
             return []
-        return [k for k, _ in self.vfs.xattrs(inode)]
+        names = [k for k, _ in self.vfs.xattrs(inode)]
+        if ctx.uid != 0:  # the kernel checks trusted.* get/set itself, but leaves listing to us
+            names = [k for k in names if not k.startswith(b"trusted.")]
+        return names
 
     @fuse_handler
     async def setxattr(self, inode, name, value, ctx):
@@ -745,12 +764,25 @@ class Operations(pyfuse3.Operations):
             async with self.mutex:
                 old_base = d.base_root
                 result = await trio.to_thread.run_sync(repo.commit_draft, vfs.store, d, message)
-                await trio.to_thread.run_sync(repo.finish_commit, d, result)
+                await self.start_clean(list(result.done))
                 await self.after_commit(old_base if result.rebased_from is not None else None)
         finally:
             self.gate.open()
         log.info("committed %s", d.outcome)
         return d.outcome
+
+    async def start_clean(self, dead: list[str]) -> None:
+        """After the draft was reset in the store (a commit, a finish): read its new state in a
+        worker thread and install it here, on the loop, so no request sees half of it; adopt the
+        new parent's hard-link groups; delete the scratch files the reset retired."""
+        d = self.vfs.draft
+        d.install(await trio.to_thread.run_sync(d.fetch))
+        if not d.links_adopted:
+            ch = d.plan_noop()
+            await self._persist(ch)
+            d.apply(ch)
+        d.dead.extend(dead)
+        await trio.to_thread.run_sync(d.flush_dead)
 
     async def after_commit(self, merged_from: bytes | None) -> None:
         """Handles of committed files go back to stored content; after a merge with newer

@@ -140,10 +140,11 @@ class BaseVFS:
 class _Dir:
     """A directory the kernel has reached; its entries own inode numbers base+1 .. base+count."""
 
-    __slots__ = ("ino", "tree", "entry", "base", "count")
+    __slots__ = ("ino", "parent", "tree", "entry", "base", "count")
 
-    def __init__(self, ino: int, tree: bytes, entry: Entry):
+    def __init__(self, ino: int, parent: int, tree: bytes, entry: Entry):
         self.ino = ino
+        self.parent = parent  # a version's directory has one path, so one parent
         self.tree = tree
         self.entry = entry
         self.base: int | None = None
@@ -171,7 +172,7 @@ class VersionVFS(BaseVFS):
     def __init__(self, store, info: repo.VersionInfo):
         super().__init__(store)
         self.info = info
-        root = _Dir(ROOT_INO, info.root, info.root_entry())
+        root = _Dir(ROOT_INO, ROOT_INO, info.root, info.root_entry())
         self.dirs: dict[int, _Dir] = {ROOT_INO: root}
         self._bases: list[int] = []  # increasing, so bisect finds the directory of an inode
         self._based: list[_Dir] = []
@@ -197,7 +198,7 @@ class VersionVFS(BaseVFS):
         if e.kind == DIR:
             sub = self.dirs.get(ino)
             if sub is None:
-                sub = self.dirs[ino] = _Dir(ino, e.digest, e)
+                sub = self.dirs[ino] = _Dir(ino, d.ino, e.digest, e)
             return sub
         if e.hlid is not None and e.hlid in self.nlink:
             first = self.link_ino.setdefault(e.hlid, ino)
@@ -243,6 +244,10 @@ class VersionVFS(BaseVFS):
 
     def listdir(self, ino: int) -> list[tuple[bytes, Entry]]:
         return [(e.name, e) for e in self._entries(self._dir(ino))]
+
+    def parent_of(self, ino: int) -> int:
+        """The inode number of a directory's parent (the root's is its own)."""
+        return self._dir(ino).parent
 
     def dirent_node(self, parent_ino: int, index: int, name: bytes, e: Entry):
         d = self._dir(parent_ino)

@@ -17,7 +17,7 @@ from .content import ContentReader, hash_reference, iter_content, read_all, uri_
 from .diff import diff_items, tree_children
 from .drafts import Draft
 from .materialize import export
-from .integrity import counts, fsck, garbage, gc, mark
+from .integrity import counts, expire, fsck, garbage, gc, mark
 from .put import build_tree_from_dir, put_dir
 from .versions import (CONTROL_DIR, VersionInfo, aliases, artifact, artifact_or_fail, artifacts, delete, delete_alias,
                        entries, latest, link_table, link_version, lookup, resolve, set_alias, set_ttl, update, version, walk)
@@ -34,7 +34,7 @@ def diff_versions(store, a: VersionInfo, b: VersionInfo) -> list[tuple[str, tupl
 __all__ = [
     "CONTROL_DIR", "CommitResult", "counts", "delete", "entries", "link_version", "set_ttl", "update", "ContentReader", "Draft", "VersionInfo", "aliases", "artifact", "artifact_or_fail",
     "artifacts", "build_tree_from_dir", "commit_draft", "delete_alias", "diff_versions", "discard_draft",
-    "draft_by_key", "draft_label", "drafts", "garbage", "is_draft_key", "export", "find_draft", "finish_commit", "fsck", "gc", "hash_reference", "is_locked",
+    "draft_by_key", "draft_label", "drafts", "expire", "garbage", "is_draft_key", "export", "find_draft", "finish_commit", "fsck", "gc", "hash_reference", "is_locked",
     "iter_content", "latest", "link_table", "lock_draft", "lookup", "mark", "open_draft", "prune_drafts", "put_dir",
     "read_all", "resolve", "set_alias", "uri_path", "version", "list_versions", "walk",
 ]

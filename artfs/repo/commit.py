@@ -181,8 +181,10 @@ def commit_draft(store, draft, message: str | None = None, metadata: dict | None
 
 
 def finish_commit(draft, result: CommitResult) -> None:
-    """The in-memory half: the draft starts clean on the new version; the committed scratch
-    files (now copies in the store, and the reset durable) are deleted."""
+    """The in-memory half: the draft starts clean on the new version (its hard-link groups
+    adopted again); the committed scratch files (now copies in the store, and the reset durable)
+    are deleted.  (The FUSE layer does the same in steps: fetch in a thread, install on its loop.)"""
     draft.reload()
+    draft.adopt_links_now()
     draft.dead.extend(result.done)
     draft.flush_dead()

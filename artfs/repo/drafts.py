@@ -232,32 +232,56 @@ class Draft:
 
     # -- state ---------------------------------------------------------------------
     def _load(self, row: dict) -> None:
-        self.parent: int | None = row["parent"]
-        self.base_root: bytes | None = bytes.fromhex(row["base_root"]) if row["base_root"] else None
-        self.base_links: bytes | None = bytes.fromhex(row["base_links"]) if row.get("base_links") else None
-        self.links_adopted: bool = bool(row.get("links_adopted", 1))
-        self.outcome: str = row["outcome"]
-        self.next_ino: int = row["next_ino"]
-        st = self.meta.draft_state(self.id)
+        self.install(self._decode(row, self.meta.draft_state(self.id)))
+
+    def _decode(self, row: dict, st: dict) -> dict:
+        """The in-memory state of a draft from its rows (decoded, checked; nothing installed)."""
+        out = {"parent": row["parent"],
+               "base_root": bytes.fromhex(row["base_root"]) if row["base_root"] else None,
+               "base_links": bytes.fromhex(row["base_links"]) if row.get("base_links") else None,
+               "links_adopted": bool(row.get("links_adopted", 1)), "outcome": row["outcome"],
+               "next_ino": row["next_ino"]}
         try:
-            self.bases = {d: (bytes.fromhex(b) if b else None) for d, b in st["dirs"].items()}
+            bases = {d: (bytes.fromhex(b) if b else None) for d, b in st["dirs"].items()}
         except ValueError as exc:
             raise Corrupt(f"damaged draft {self.key}: {exc}") from None
-        self.overlay: dict[int, dict[bytes, Entry | None]] = {d: {} for d in self.bases}
-        self.root = Entry(b"", DIR, 0o755, os.getuid(), os.getgid(), 0, int(self.created * 1e9),
-                          int(self.created * 1e9), dir_id=ROOT_INO, ctime_ns=int(self.created * 1e9))
+        overlay: dict[int, dict[bytes, Entry | None]] = {d: {} for d in bases}
+        root = Entry(b"", DIR, 0o755, os.getuid(), os.getgid(), 0, int(self.created * 1e9),
+                     int(self.created * 1e9), dir_id=ROOT_INO, ctime_ns=int(self.created * 1e9))
         for dir_id, name, rec in st["entries"]:
             e = fmt.decode_rec(rec, name)
             if dir_id == 0:
                 if e is None or e.kind != DIR:
                     raise Corrupt(f"damaged draft {self.key}: bad root record")
-                self.root = e.with_(dir_id=ROOT_INO, digest=None)
+                root = e.with_(dir_id=ROOT_INO, digest=None)
             else:
-                self.overlay.setdefault(dir_id, {})[name] = e
-        self.inodes = {ino: fmt.decode_rec(rec) for ino, rec in st["inodes"].items()}
-        self.pins = dict(st["pins"])
-        if ROOT_INO not in self.bases:
+                overlay.setdefault(dir_id, {})[name] = e
+        if ROOT_INO not in bases:
             raise Corrupt(f"damaged draft {self.key}: no root directory")
+        out.update(bases=bases, overlay=overlay, root=root,
+                   inodes={ino: fmt.decode_rec(rec) for ino, rec in st["inodes"].items()}, pins=dict(st["pins"]))
+        return out
+
+    def fetch(self) -> dict:
+        """Read the draft's state from the metadata store (a worker thread may do this)."""
+        row = self.meta.draft_by_id(self.id)
+        if row is None:
+            raise NotFound(f"draft {self.key} was discarded")
+        return self._decode(row, self.meta.draft_state(self.id))
+
+    def install(self, state: dict) -> None:
+        """Make memory what ``fetch`` read (the owner's thread: readers never see half of it)."""
+        self.parent: int | None = state["parent"]
+        self.base_root: bytes | None = state["base_root"]
+        self.base_links: bytes | None = state["base_links"]
+        self.links_adopted: bool = state["links_adopted"]
+        self.outcome: str = state["outcome"]
+        self.next_ino: int = state["next_ino"]
+        self.bases = state["bases"]
+        self.overlay = state["overlay"]
+        self.root = state["root"]
+        self.inodes = state["inodes"]
+        self.pins = state["pins"]
         self._nsub = {}
 
     @classmethod
@@ -275,10 +299,7 @@ class Draft:
         return cls(store, row)
 
     def reload(self) -> None:
-        row = self.meta.draft_by_id(self.id)
-        if row is None:
-            raise NotFound(f"draft {self.key} was discarded")
-        self._load(row)
+        self.install(self.fetch())
 
     # -- scratch files -----------------------------------------------------------------
     def scratch_path(self, name: str) -> str:
@@ -575,21 +596,33 @@ class Draft:
         move the paths the link table names)."""
         from .versions import link_table
 
+        used: set[int] = set()
         for hlid, paths in sorted(link_table(self.store, self.base_links).items()):
-            ino = ch.alloc()
-            first = None
+            members = []
             for p in paths:
                 pino, parent = self._walk(ch, p[:-1], True)
                 rec = self.child(parent, p[-1], ch)
                 if rec is None or rec.hlid != hlid:
                     raise Corrupt(f"link table of {self.artifact}:v{self.parent} names {quote(b'/'.join(p))}, "
                                   "which is not in its group")
-                first = first or rec
-                self._set(ch, parent.dir_id, p[-1], Entry(p[-1], rec.kind, link=ino))
-                ch.pins[(pino, p[-1])] = ino
-            if first is not None:
-                ch.inodes[ino] = first.with_(name=b"", nlink=len(paths), ctime_ns=ch.now)
+                members.append((pino, parent, p[-1], rec))
+            # the number the group had before (its names are pinned to it: a commit, a remount
+            # does not change a hard-linked file's st_ino), else a new one
+            pinned = [ch.pin(pino, name) for pino, _, name, _ in members]
+            ino = next((x for x in pinned if x is not None and x not in used), None) or ch.alloc()
+            used.add(ino)
+            for pino, parent, name, rec in members:
+                self._set(ch, parent.dir_id, name, Entry(name, rec.kind, link=ino))
+                ch.pins[(pino, name)] = ino
+            if members:
+                ch.inodes[ino] = members[0][3].with_(name=b"", nlink=len(members), ctime_ns=ch.now)
         ch.adopted = True
+
+    def adopt_links_now(self) -> None:
+        """After a commit or a rebase onto a version with hard links: its groups become inode
+        records again at once (the owner's call), so st_nlink and st_ino stay right."""
+        if not self.links_adopted:
+            self.commit(self.plan_noop())
 
     # -- committing a change -------------------------------------------------------------
     def persist(self, ch: Change) -> None:

@@ -188,20 +188,20 @@ def garbage(store) -> list[str]:
     return notes
 
 
-def expire(store, now: float | None = None) -> list[str]:
-    """Delete versions whose TTL ran out (a user alias keeps one: say so instead)."""
+def expire(store, now: float | None = None) -> tuple[list[str], list[str]]:
+    """Delete versions whose TTL ran out; a user alias keeps one.  Returns (deleted, kept)."""
     import time
 
     from ..errors import Conflict
 
-    gone = []
+    gone, kept = [], []
     for name, num in store.meta.expired_versions(time.time() if now is None else now):
         try:
             store.meta.delete_version(name, num)
             gone.append(f"{name}:v{num}")
         except Conflict:
-            continue
-    return gone
+            kept.append(f"{name}:v{num}")
+    return gone, kept
 
 
 def gc(store, progress=None) -> tuple[int, int]:

@@ -204,14 +204,21 @@ def ref_text(store, d: Draft) -> str:
 
 
 
-def rebase_draft(store, d: Draft, v: VersionInfo, outcome: str) -> None:
-    """Make a draft clean on version ``v`` (after its changes went into ``v`` another way, e.g. a
-    collaborative finish); its scratch files are deleted once that is durable."""
+def reset_to_version(store, d: Draft, v: VersionInfo, outcome: str) -> list[str]:
+    """Make a draft clean on version ``v`` in the store (durably; memory untouched): after its
+    changes went into ``v`` another way (a collaborative finish).  Returns the scratch files the
+    reset retired (delete them once the new state is installed)."""
     from .commit import root_record
 
     store.meta.reset_draft(d.id, v.num, v.root.hex(), root_record(v.root_entry()), v.links.hex() if v.links else None,
                            outcome)
-    old = d.referenced_scratch()
+    return sorted(d.referenced_scratch())
+
+
+def rebase_draft(store, d: Draft, v: VersionInfo, outcome: str) -> None:
+    """:func:`reset_to_version`, then the draft's memory follows (callers that own it outright)."""
+    old = reset_to_version(store, d, v, outcome)
     d.reload()
+    d.adopt_links_now()
     d.dead.extend(old)
     d.flush_dead()
