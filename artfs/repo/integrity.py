@@ -72,9 +72,8 @@ def mark(store, problems: list | None = None, progress=None) -> dict[bytes, str]
                 trees.append((bytes.fromhex(base), f"draft {did}", ()))
             except ValueError:
                 trouble(f"draft {did} has a damaged base {base!r}")
-    if hasattr(store.meta, "draft_links"):
-        for did, links in store.meta.draft_links():
-            seen.setdefault(bytes.fromhex(links), f"draft {did} parent's link table")
+    for did, links in store.meta.draft_links():
+        seen.setdefault(bytes.fromhex(links), f"draft {did} parent's link table")
     for label, base in store.meta.all_pending_bases():
         trees.append((bytes.fromhex(base), label, ()))
     labelled = [(f"draft {did}", rec) for did, rec in recs] + store.meta.all_pending_recs()

@@ -25,6 +25,15 @@ from .versions import VersionInfo, walk
 _SKIP_XATTR = (errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP)
 
 
+def _fill(store, fd: int, e: Entry) -> None:
+    """Write a file entry's verified content and its xattrs into fd (Corrupt if a piece fails)."""
+    for buf in iter_content(store, e):
+        view = memoryview(buf)
+        while view:
+            view = view[os.write(fd, view):]
+    _set_xattrs(fd, e)
+
+
 def _set_xattrs(target, e: Entry, follow: bool = True) -> None:
     for k, v in e.xattrs:
         try:
@@ -110,11 +119,7 @@ def export(store, v: VersionInfo, dest: str, progress=None) -> int:
         e, out = job
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            for buf in iter_content(store, e):
-                view = memoryview(buf)
-                while view:
-                    view = view[os.write(fd, view):]
-            _set_xattrs(fd, e)
+            _fill(store, fd, e)
         except Corrupt:
             os.close(fd)
             fd = -1
@@ -183,11 +188,7 @@ def refresh(store, v: VersionInfo, dest: str, prune: bool = False) -> dict:
         tmp = os.path.join(os.path.dirname(out), f".artfs-{uuid.uuid4().hex[:12]}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            for buf in iter_content(store, e):
-                view = memoryview(buf)
-                while view:
-                    view = view[os.write(fd, view):]
-            _set_xattrs(fd, e)
+            _fill(store, fd, e)
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
