@@ -115,12 +115,12 @@ class LocalBatch(Batch):
         return d, n, (self.put_bytes(chunks) if chunks is not None else None)
 
     def close(self) -> None:
+        s = self.store
         if not self.pending:
             if self.relied:
-                self.store.durability.barrier(dirs=sorted(self.relied))
+                s.durability.barrier(dirs=sorted(self.relied | {s.obj_dir}))
                 self.relied.clear()
             return
-        s = self.store
         s.durability.barrier(files=self.pending.values())
         dirs = set()
         for d, tmp in self.pending.items():
@@ -130,11 +130,12 @@ class LocalBatch(Batch):
                 os.rename(tmp, final)
             except FileNotFoundError:
                 os.makedirs(sub, mode=0o700, exist_ok=True)
-                dirs.add(s.obj_dir)  # the new subdirectory's own name
                 os.rename(tmp, final)
             dirs.add(sub)
         self.pending.clear()
-        s.durability.barrier(dirs=sorted(dirs | self.relied))
+        # objects/ too, always: a subdirectory this batch made, or one another writer made and
+        # died before syncing its name, is reachable after a power cut only once objects/ is synced
+        s.durability.barrier(dirs=sorted(dirs | self.relied | {s.obj_dir}))
         self.relied.clear()
 
     def abort(self) -> None:
