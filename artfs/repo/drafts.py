@@ -46,7 +46,7 @@ from ..errors import BadInput, Corrupt, Exists, IsADirectory, NotADirectory, Not
 from ..names import quote
 from ..storage import format as fmt
 from ..storage.format import DIR, FILE, REF, SYMLINK, Entry
-from ..storage.hashing import copy_fd, digest as blake, hash_fd
+from ..storage.hashing import copy_fd, digest as blake, hash_fd, write_sparse
 
 ROOT_INO = 1
 FIRST_INO = 16
@@ -987,10 +987,11 @@ class Draft:
                     finally:
                         os.close(src)
                 else:
-                    with ContentReader(self.store, e) as r:
+                    with ContentReader(self.store, e) as r:  # zeros are left as holes
                         for i in range(fmt.chunk_count(r.size)):
-                            piece = r.piece(i)
-                            os.pwrite(sf.fd, piece, i * fmt.CHUNK)
+                            write_sparse(sf.fd, r.piece(i), i * fmt.CHUNK)
+                        if os.fstat(sf.fd).st_size != r.size:  # it ends in a hole
+                            os.ftruncate(sf.fd, r.size)
             if not truncate:
                 os.utime(sf.fd, ns=(e.atime_ns, e.mtime_ns))  # opening is not writing: keep the times
         except BaseException:

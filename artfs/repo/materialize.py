@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ..errors import BadInput, Corrupt
 from ..storage import format as fmt
 from ..storage.format import BLK, CHR, DIR, FIFO, FILE, REF, SOCK, SYMLINK, Entry
+from ..storage.hashing import write_sparse
 from .content import iter_content
 from .versions import VersionInfo, walk
 
@@ -26,11 +27,15 @@ _SKIP_XATTR = (errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP)
 
 
 def _fill(store, fd: int, e: Entry) -> None:
-    """Write a file entry's verified content and its xattrs into fd (Corrupt if a piece fails)."""
+    """Write a file entry's verified content and its xattrs into fd, a new empty file (Corrupt
+    if a piece fails).  All-zero blocks are not written: the file gets holes there, and its
+    length from ftruncate."""
+    off = 0
     for buf in iter_content(store, e):
-        view = memoryview(buf)
-        while view:
-            view = view[os.write(fd, view):]
+        write_sparse(fd, buf, off)
+        off += len(buf)
+    if os.fstat(fd).st_size != off:  # it ends in a hole
+        os.ftruncate(fd, off)
     _set_xattrs(fd, e)
 
 

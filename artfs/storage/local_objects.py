@@ -24,7 +24,7 @@ from typing import Iterable, Iterator
 from ..errors import Corrupt, NoSpace
 from .durable import Durability
 from .format import CHUNK
-from .hashing import copy_fd, digest as blake, hash_fd, hash_own
+from .hashing import copy_fd, digest as blake, hash_fd, hash_own, pread_sparse
 from .objects import Batch, ObjectStore
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -41,7 +41,7 @@ class LocalReader:
 
     def pread(self, offset: int, size: int) -> bytes:
         try:
-            return os.pread(self.fd, size, offset)
+            return pread_sparse(self.fd, size, offset)  # holes of a sparse object are not read
         except OSError as exc:
             raise Corrupt(f"object unreadable: {exc.strerror}") from None
 
