@@ -4,7 +4,8 @@
 #
 # What it does, each step only when needed (so a second run takes well under
 # a second and prints nothing but one line):
-#   1. Debian packages: fuse3 libfuse3-dev pkg-config rsync sqlite3 attr acl git b3sum
+#   1. Debian packages: fuse3 libfuse3-dev pkg-config rsync sqlite3 attr acl git b3sum curl,
+#      postgresql (server binaries for the scale-out tests; no main cluster is created)
 #      (plus python3/python3-venv/python3-dev/gcc if the machine lacks a
 #      Python >= 3.11 with venv, or a C compiler for pyfuse3's build).
 #      `apt-get update` + `apt-get install -y` only for what `dpkg-query`
@@ -57,9 +58,18 @@ _artfs_find_python() {
 
 _artfs_apt() {
     local missing=() p
-    for p in fuse3 libfuse3-dev pkg-config rsync sqlite3 attr acl git b3sum; do
+    for p in fuse3 libfuse3-dev pkg-config rsync sqlite3 attr acl git b3sum curl; do
         _artfs_pkg_installed "$p" || missing+=("$p")
     done
+    # the scale-out back end's tests start a throwaway PostgreSQL (scripts/servers/); only the
+    # server binaries are wanted, not a system cluster running on port 5432
+    if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+        missing+=(postgresql)
+        if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+            _artfs_root mkdir -p /etc/postgresql-common &&
+                echo "create_main_cluster = false" | _artfs_root tee /etc/postgresql-common/createcluster.conf >/dev/null
+        fi
+    fi
     # what building the venv needs, when the machine lacks it
     if ! _artfs_find_python >/dev/null; then
         for p in python3 python3-venv python3-dev; do

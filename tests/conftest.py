@@ -3,6 +3,8 @@
 Every test that writes a store gets it from the ``store`` fixture, which runs
 ``repo.fsck`` when the test ends and fails the test unless it finds nothing
 (S3QL's habit: a loud invariant after every test, not only in fsck tests).
+``store``/``store_path`` come in two back ends (``--backend local|scaleout|both``,
+see the end of this file and tests/servers.py).
 
 Tests of what an ordinary user may not do (read a chmod 000 file) take the
 ``unprivileged`` fixture: the current user when the suite does not run as
@@ -20,9 +22,17 @@ import sys
 import tempfile
 
 import pytest
+from hypothesis import settings
 
 from artfs import repo
 from artfs.storage.store import Store
+
+# Hypothesis: CI (``HYPOTHESIS_PROFILE=ci``, set by .ci/run) draws the same examples on every
+# run, so a red CI is reproducible and never a lucky draw; developers' runs ("dev") explore.
+# Neither keeps an example database in the checkout.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("dev", database=None, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 def assert_fsck_clean(store: Store) -> None:
@@ -34,12 +44,6 @@ def assert_fsck_clean(store: Store) -> None:
 def fsck_clean():
     """``fsck_clean(store)``: assert fsck finds nothing (for stores made outside ``store``)."""
     return assert_fsck_clean
-
-
-@pytest.fixture
-def store_path(tmp_path):
-    """Where the test's store lives (created by the ``store`` fixture)."""
-    return str(tmp_path / "store")
 
 
 @pytest.fixture
@@ -185,3 +189,53 @@ def unprivileged(request, tmp_path):
         yield User(pwd.getpwuid(os.getuid()).pw_name, os.getuid(), os.getgid(), str(home), switch=False)
     else:
         yield request.getfixturevalue("test_user")
+
+
+# -- back ends: the same suite against the local store and the scale-out store ------------------------
+# (``--backend local|scaleout|both``, default local; scripts/test runs both.  tests/servers.py
+# starts PostgreSQL and SeaweedFS on first use and stops them at the end.)
+
+import servers as _servers  # noqa: E402
+
+
+def pytest_addoption(parser):
+    _servers.add_backend_option(parser)
+
+
+def pytest_generate_tests(metafunc):
+    _servers.parametrize_backend(metafunc)
+
+
+def pytest_collection_modifyitems(config, items):
+    _servers.skip_scaleout_modules(config, items)
+
+
+def pytest_terminal_summary(terminalreporter):
+    _servers.report_skip(terminalreporter)
+
+
+def pytest_sessionfinish(session):
+    _servers.stop_servers()
+
+
+@pytest.fixture
+def backend(request):
+    """The store back end of this test run: ``local`` or ``scaleout``."""
+    return getattr(request, "param", "local")
+
+
+@pytest.fixture
+def store_path(tmp_path, backend, monkeypatch):
+    """Where the test's store lives: a directory to create (local), or the description file of
+    a fresh scale-out store (its own schema and bucket prefix; this test's XDG directories)."""
+    if backend == "local":
+        yield str(tmp_path / "store")
+        return
+    srv = _servers.scaleout_or_skip()
+    for k, v in _servers.machine_env(str(tmp_path / "machine")).items():
+        if k != "HOME":
+            monkeypatch.setenv(k, v)
+    path = str(tmp_path / "store.artfs")
+    srv.new_store(path).meta.close()
+    yield path
+    srv.drop_store(path)

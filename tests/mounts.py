@@ -362,10 +362,14 @@ def tree_snapshot(root: str, content: bool = True, times: bool = False) -> dict:
 
 
 @pytest.fixture
-def mstore(tmp_path):
-    """A fresh store path for mount tests (initialised through the CLI); fsck must pass at the end."""
-    s = str(tmp_path / "mstore")
-    artfs(s, "init")
+def mstore(tmp_path, backend, request):
+    """A fresh store path for mount tests (initialised through the CLI; with the scale-out back
+    end, a fresh scale-out store's description); fsck must pass at the end."""
+    if backend == "scaleout":
+        s = request.getfixturevalue("store_path")
+    else:
+        s = str(tmp_path / "mstore")
+        artfs(s, "init")
     yield s
     p = artfs(s, "fsck", check=False)
     assert p.returncode == 0, f"fsck after test: {p.stdout}{p.stderr}"

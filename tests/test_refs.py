@@ -34,7 +34,7 @@ def test_parse_ref_good(text, ref):
 
 
 @pytest.mark.parametrize("text", [
-    "", "mnist:", ":v1", ":", "bad name", "../x", "./x", "x/y", "a:b:c", "mnist:v01", "mnist:v00",
+    "", "mnist:", ":v1", ":", "bad name", "../x", "./x", "x//y", "/y", "x/", "a/b/c/d", "x y/z", "a:b:c", "mnist:v01", "mnist:v00",
     "mnist:v" + "9" * 19, ".hidden", "-x", "_x", "x" * 129, "mnist:" + "a" * 129, "mnist:a b",
     "mnist:/x", "mnist::v1", " mnist", "mnist ", "mnist\n", "mnïst", "mnist:vé", "mnist:v1\n", "m\0",
     "mnist:.x",

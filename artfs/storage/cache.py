@@ -88,7 +88,9 @@ class ObjectCache:
         self.span_dir = os.path.join(root, "spans")
         self.tmp_dir = os.path.join(root, "tmp")
         self.index_path = os.path.join(root, "index.sqlite")
-        self._local = threading.local()
+        self._pool_lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._pool_pid = os.getpid()
         self._touch_lock = threading.Lock()
         self._touched: dict[str, float] = {}
         self._last_flush = time.monotonic()
@@ -118,7 +120,11 @@ class ObjectCache:
                 with open(tmp, "w") as f:
                     f.write(boot + "\n")
                 os.rename(tmp, marker)
-            self._db().conn.executescript(_SCHEMA)
+            conn = self._connect()
+            try:
+                conn.executescript(_SCHEMA)
+            finally:
+                self._give_back(conn)
         finally:
             os.close(fd)
 
@@ -134,31 +140,43 @@ class ObjectCache:
             if name.startswith("wipe-"):
                 shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
 
-    def _db(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            fresh = not os.path.exists(self.index_path)
-            conn = sqlite3.connect(self.index_path, isolation_level=None, timeout=120, check_same_thread=False)
-            if fresh:
-                try:
-                    os.chmod(self.index_path, 0o600)
-                except OSError:
-                    pass
-            conn.execute("PRAGMA busy_timeout=120000")
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                        conn.execute("PRAGMA journal_mode=WAL")
-                    break
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.01)  # SQLite's own busy handler does not cover the WAL switch
-            conn.execute("PRAGMA synchronous=OFF")  # a cache: a reboot empties it anyway
-            self._local.conn = conn
-            self._local.pid = os.getpid()
-        return _Tx(conn)
+    def _connect(self) -> sqlite3.Connection:
+        fresh = not os.path.exists(self.index_path)
+        conn = sqlite3.connect(self.index_path, isolation_level=None, timeout=120, check_same_thread=False)
+        if fresh:
+            try:
+                os.chmod(self.index_path, 0o600)
+            except OSError:
+                pass
+        conn.execute("PRAGMA busy_timeout=120000")
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)  # SQLite's own busy handler does not cover the WAL switch
+        conn.execute("PRAGMA synchronous=OFF")  # a cache: a reboot empties it anyway
+        return conn
+
+    def _db(self) -> "_Tx":
+        """A transaction on a pooled connection (a few per process, whatever the number of threads:
+        each holds three descriptors)."""
+        with self._pool_lock:
+            if self._pool_pid != os.getpid():
+                self._idle, self._pool_pid = [], os.getpid()  # a forked child's are not its own
+            conn = self._idle.pop() if self._idle else None
+        return _Tx(self, conn or self._connect())
+
+    def _give_back(self, conn) -> None:
+        with self._pool_lock:
+            if self._pool_pid == os.getpid() and len(self._idle) < 2:
+                self._idle.append(conn)
+                return
+        conn.close()
 
     # -- paths ------------------------------------------------------------------------------
     def whole_path(self, d: bytes) -> str:
@@ -373,11 +391,12 @@ class ObjectCache:
 
 
 class _Tx:
-    """``with cache._db() as db``: BEGIN IMMEDIATE ... COMMIT on this thread's connection."""
+    """``with cache._db() as db``: BEGIN IMMEDIATE ... COMMIT on a pooled connection."""
 
-    __slots__ = ("conn",)
+    __slots__ = ("cache", "conn")
 
-    def __init__(self, conn):
+    def __init__(self, cache: ObjectCache, conn):
+        self.cache = cache
         self.conn = conn
 
     def __enter__(self):
@@ -385,7 +404,12 @@ class _Tx:
         return self.conn
 
     def __exit__(self, exc_type, exc, tb):
-        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        try:
+            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        except sqlite3.Error:
+            self.conn.close()
+            raise
+        self.cache._give_back(self.conn)
 
 
 def _unlink(path: str) -> None:

@@ -211,21 +211,6 @@ class LocalObjectStore(ObjectStore):
         except FileNotFoundError:
             raise Corrupt(f"missing object {d.hex()}") from None
 
-    def read(self, d: bytes, offset: int, size: int) -> bytes:
-        r = self.open(d)
-        try:
-            parts, off = [], offset
-            while size > 0:
-                b = r.pread(off, min(size, 1 << 26))
-                if not b:
-                    break
-                parts.append(b)
-                off += len(b)
-                size -= len(b)
-            return b"".join(parts)
-        finally:
-            r.close()
-
     def verify(self, d: bytes) -> bool:
         try:
             fd = os.open(self.path(d), os.O_RDONLY | os.O_CLOEXEC)

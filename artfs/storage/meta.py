@@ -22,12 +22,41 @@ Rules every back end keeps:
 """
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 
 ANY = "any"  # create_version(expected=ANY): no compare-and-set (put replaces whatever is latest)
 
 
 class MetaStore(ABC):
+    # -- row decoding shared by the back ends (their SQL differs, their rows do not) --------
+    @staticmethod
+    def _version(row, name: str) -> dict:
+        """A versions row as the dict callers see: metadata and tags decoded (a metadata field
+        that is not JSON reads as {} with ``metadata_error``, never a crash)."""
+        d = dict(row)
+        d["artifact"] = name
+        try:
+            d["metadata"] = json.loads(d["metadata"] or "{}")
+        except ValueError as exc:
+            d["metadata"], d["metadata_error"] = {}, f"not JSON ({exc})"
+        if d.get("root_meta") is not None:
+            d["root_meta"] = bytes(d["root_meta"])
+        try:
+            d["tags"] = json.loads(d.get("tags") or "[]")
+        except ValueError:
+            d["tags"] = []
+        return d
+
+    @staticmethod
+    def _run(r) -> dict:
+        """A runs row as the dict callers see (config and summary decoded)."""
+        d = dict(r)
+        d["config"] = json.loads(d["config"] or "{}")
+        d["summary"] = json.loads(d.get("summary") or "{}")
+        d["group"] = d.pop("grp")
+        return d
+
     # -- lifecycle -------------------------------------------------------------------
     @abstractmethod
     def create(self) -> None:

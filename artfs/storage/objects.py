@@ -71,9 +71,26 @@ class ObjectStore(ABC):
         return {d: str(n) for d, n in self.has(digests).items()}
 
     @abstractmethod
+    def open(self, digest: bytes):
+        """A reader of the object: ``pread(offset, size) -> bytes`` (short only at the end) and
+        ``close()``.  Raises Corrupt("missing object ...") when the object does not exist."""
+
     def read(self, digest: bytes, offset: int, size: int) -> bytes:
-        """Up to ``size`` raw bytes at ``offset`` (short only at the end).
-        Raises Corrupt("missing object ...") when the object does not exist."""
+        """Up to ``size`` raw bytes at ``offset`` (short only at the end), in reads of at most
+        64 MiB.  Raises Corrupt("missing object ...") when the object does not exist."""
+        r = self.open(digest)
+        try:
+            parts, off = [], offset
+            while size > 0:
+                b = r.pread(off, min(size, 1 << 26))
+                if not b:
+                    break
+                parts.append(b)
+                off += len(b)
+                size -= len(b)
+            return b"".join(parts)
+        finally:
+            r.close()
 
     def get(self, digest: bytes) -> bytes:
         """The whole object, verified against its name (Corrupt otherwise)."""

@@ -213,10 +213,11 @@ class PgMeta(MetaStore):
     def _where(self) -> str:
         return f"the metadata store ({redact(self.dsn)})"
 
-    def _tx(self, fn, write: bool = True):
+    def _tx(self, fn, write: bool = True, retry: float | None = None):
         """Run ``fn(cursor)`` as one transaction and commit; retry while the server is unreachable
-        (only where the transaction cannot have happened)."""
-        deadline = time.monotonic() + self.retry_seconds
+        (only where the transaction cannot have happened), for ``retry`` seconds (default
+        ``ARTFS_META_RETRY``)."""
+        deadline = time.monotonic() + (self.retry_seconds if retry is None else retry)
         delay = 0.05
         while True:
             committing = False
@@ -302,7 +303,8 @@ class PgMeta(MetaStore):
             r = cur.fetchone()
             return int(r["value"]) if r else 0
 
-        have = self._read(fn)
+        # at open: an unreachable server is reported soon (a restart takes seconds, a typo forever)
+        have = self._tx(fn, write=False, retry=min(self.retry_seconds, 10.0))
         if have is None:
             raise SchemaMismatch(f"{self._where()} holds no artfs store (schema {self.schema}): "
                                  "create it with artfs init --meta ... --objects ...")
@@ -376,22 +378,6 @@ class PgMeta(MetaStore):
         return self.artifact(name)
 
     # -- versions --------------------------------------------------------------------------
-    @staticmethod
-    def _version(row, name: str) -> dict:
-        d = dict(row)
-        d["artifact"] = name
-        try:
-            d["metadata"] = json.loads(d["metadata"] or "{}")
-        except ValueError as exc:
-            d["metadata"], d["metadata_error"] = {}, f"not JSON ({exc})"
-        if d.get("root_meta") is not None:
-            d["root_meta"] = bytes(d["root_meta"])
-        try:
-            d["tags"] = json.loads(d.get("tags") or "[]")
-        except ValueError:
-            d["tags"] = []
-        return d
-
     def version(self, name: str, num: int) -> dict | None:
         def fn(cur):
             cur.execute("SELECT v.* FROM versions v JOIN artifacts a ON a.id=v.artifact_id WHERE a.name=%s AND v.num=%s",
@@ -741,6 +727,7 @@ class PgMeta(MetaStore):
     def filecache_put(self, rows: list[tuple[bytes, str, str]]) -> None:
         if not rows:
             return
+        rows = list({r[0]: r for r in rows}.values())  # the last row for a path wins, as INSERT OR REPLACE
 
         def fn(cur):
             cur.execute(
@@ -748,9 +735,6 @@ class PgMeta(MetaStore):
                 " %s::text[]) ON CONFLICT (machine, path) DO UPDATE SET stat=EXCLUDED.stat, digest=EXCLUDED.digest",
                 (self.machine, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]))
 
-        # the last row for a path wins, as INSERT OR REPLACE would
-        dedup = {r[0]: r for r in rows}
-        rows = list(dedup.values())
         self._tx(fn)
 
     # -- collaborative versions ---------------------------------------------------------------
@@ -785,7 +769,8 @@ class PgMeta(MetaStore):
     def pendings(self, artifact: str | None = None) -> list[dict]:
         def fn(cur):
             q = "SELECT * FROM pending" + (" WHERE artifact=%s" if artifact else "") + " ORDER BY created DESC"
-            return [self._enrich(cur, dict(r)) for r in cur.execute(q, (artifact,) if artifact else ()).fetchall()]
+            return [self._enrich(cur, self._clean_pending(r))
+                    for r in cur.execute(q, (artifact,) if artifact else ()).fetchall()]
 
         return self._read(fn)
 
@@ -991,14 +976,6 @@ class PgMeta(MetaStore):
                         (json.dumps(summary, sort_keys=True, default=str), run_id))
 
         self._tx(fn)
-
-    @staticmethod
-    def _run(r) -> dict:
-        d = dict(r)
-        d["config"] = json.loads(d["config"] or "{}")
-        d["summary"] = json.loads(d.get("summary") or "{}")
-        d["group"] = d.pop("grp")
-        return d
 
     def run(self, run_id: str) -> dict | None:
         def fn(cur):

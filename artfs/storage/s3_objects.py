@@ -65,6 +65,37 @@ READ_AHEAD = 3  # spans fetched ahead of a sequential reader
 INFLIGHT_UPLOADS = 64  # small uploads queued per store before put_bytes waits
 
 
+_shared: dict = {}
+_shared_lock = threading.Lock()
+
+
+def _client(bucket: str, region: str, client: dict, retry_seconds: float, kw: dict) -> S3Store:
+    """One obstore client per bucket, endpoint and credentials in a process (its connection pool
+    is shared by every store object opened on them)."""
+    key = ("client", os.getpid(), bucket, region, retry_seconds, tuple(sorted(client.items())),
+           tuple(sorted(kw.items())))
+    with _shared_lock:
+        got = _shared.get(key)
+        if got is None:
+            retry = {"max_retries": 10, "retry_timeout": timedelta(seconds=retry_seconds),
+                     "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=5),
+                                 "base": 2}}
+            got = _shared[key] = S3Store(bucket, region=region, client_options=client, retry_config=retry, **kw)
+        return got
+
+
+def _pools() -> tuple:
+    """(upload pool, fetch pool, upload slots) of this process."""
+    key = ("pools", os.getpid())
+    with _shared_lock:
+        got = _shared.get(key)
+        if got is None:
+            got = _shared[key] = (ThreadPoolExecutor(16, thread_name_prefix="artfs-s3"),
+                                  ThreadPoolExecutor(8, thread_name_prefix="artfs-s3-get"),
+                                  threading.BoundedSemaphore(INFLIGHT_UPLOADS))
+        return got
+
+
 class ObjectsUnavailable(ArtfsError):
     """The object store failed (unreachable, refused, or kept failing after retries)."""
 
@@ -99,16 +130,8 @@ class S3ObjectStore(ObjectStore):
             kw["virtual_hosted_style_request"] = False
             if endpoint.startswith("http://"):
                 client["allow_http"] = True
-        retry = {"max_retries": 10, "retry_timeout": timedelta(seconds=retry_seconds),
-                 "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=5),
-                             "base": 2}}
-        self.s3 = S3Store(bucket, region=self.region, client_options=client, retry_config=retry, **kw)
-        self._pool: ThreadPoolExecutor | None = None
-        self._fetch_pool: ThreadPoolExecutor | None = None
+        self.s3 = _client(bucket, self.region, client, retry_seconds, kw)
         self.threads = threads
-        self._pool_lock = threading.Lock()
-        self._inflight: dict[tuple, Future] = {}  # (digest, span) -> fetch in progress (this process)
-        self._inflight_lock = threading.Lock()
         self._sizes: dict[bytes, int] = {}  # from the last list() (gc's freed bytes)
         self.before_delete = None  # gc's lease check (scaleout.PgGc), called before each delete batch
         self.stats = {"put": 0, "put_bytes": 0, "get": 0, "get_bytes": 0, "head": 0, "list": 0, "skipped": 0}
@@ -131,36 +154,28 @@ class S3ObjectStore(ObjectStore):
         return f"{self.prefix}/artfs-store" if self.prefix else "artfs-store"
 
     def pool(self) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="artfs-s3")
-                self._slots = threading.BoundedSemaphore(INFLIGHT_UPLOADS)
-            return self._pool
+        """This process's upload threads (shared by every store object: their HTTP connections
+        and threads are per process, not per store opened)."""
+        return _pools()[0]
 
     def fetch_pool(self) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._fetch_pool is None:
-                self._fetch_pool = ThreadPoolExecutor(8, thread_name_prefix="artfs-s3-get")
-            return self._fetch_pool
+        return _pools()[1]
+
+    @property
+    def _slots(self) -> threading.BoundedSemaphore:
+        return _pools()[2]
 
     def call(self, what: str, fn, *args, **kw):
         """An obstore call; its failures (after obstore's retries) as one clear line."""
         try:
             return fn(*args, **kw)
-        except FileNotFoundError:
+        except (FileNotFoundError, obstore.exceptions.AlreadyExistsError, obstore.exceptions.PreconditionError):
             raise
         except (obstore.exceptions.PermissionDeniedError, obstore.exceptions.UnauthenticatedError) as exc:
             raise ObjectsUnavailable(f"the object store {self.where()} refused to {what}: {_first_line(exc)} "
                                      "(check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)") from None
         except (obstore.exceptions.BaseError, OSError, RuntimeError, ValueError) as exc:
             raise ObjectsUnavailable(f"the object store {self.where()} failed to {what}: {_first_line(exc)}") from None
-
-    def close(self) -> None:
-        with self._pool_lock:
-            for p in (self._pool, self._fetch_pool):
-                if p is not None:
-                    p.shutdown(wait=True)
-            self._pool = self._fetch_pool = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def read_marker(self) -> bytes | None:
@@ -169,8 +184,18 @@ class S3ObjectStore(ObjectStore):
         except FileNotFoundError:
             return None
 
-    def write_marker(self, data: bytes) -> None:
-        self.call("write the store marker", obstore.put, self.s3, self.marker_key(), data)
+    def create_marker(self, data: bytes) -> bytes | None:
+        """Write the store marker unless one exists (one conditional PUT: two stores racing for one
+        prefix cannot both win); returns the marker that was there, or None."""
+        try:
+            self.call("write the store marker", obstore.put, self.s3, self.marker_key(), data, mode="create")
+            return None
+        except ObjectsUnavailable:
+            raise
+        except Exception as exc:  # AlreadyExistsError (412), however the client names it
+            if "exist" not in type(exc).__name__.lower() and "412" not in str(exc):
+                raise
+        return self.read_marker()
 
     # -- writing -------------------------------------------------------------------------------
     def batch(self) -> "S3Batch":
@@ -254,21 +279,6 @@ class S3ObjectStore(ObjectStore):
     # -- reading ---------------------------------------------------------------------------------
     def open(self, d: bytes) -> "S3Reader":
         return S3Reader(self, d)
-
-    def read(self, d: bytes, offset: int, size: int) -> bytes:
-        r = self.open(d)
-        try:
-            parts, off = [], offset
-            while size > 0:
-                b = r.pread(off, min(size, 1 << 26))
-                if not b:
-                    break
-                parts.append(b)
-                off += len(b)
-                size -= len(b)
-            return b"".join(parts)
-        finally:
-            r.close()
 
     def get(self, digest: bytes) -> bytes:
         """The whole object, verified; a cached copy that went bad is dropped and fetched again."""
@@ -584,7 +594,8 @@ class S3Reader:
         self._size = 0
         self._chunks: bytes | None = None  # chunk-list digest (spans)
         self._pieces: list | None = None
-        self._spans: OrderedDict[int, object] = OrderedDict()  # span -> fd (int) or bytes (uncached)
+        self._spans: OrderedDict[int, object] = OrderedDict()  # span -> fd (int) or its bytes
+        self._ahead: dict[int, Future] = {}  # spans being fetched ahead of a sequential reader
         self._last = -2
 
     # -- setup ---------------------------------------------------------------------------
@@ -624,7 +635,10 @@ class S3Reader:
             self._size, self._chunks, self._mode = size, chunks, "spans"
             c.set_info(self.d, size, chunks)
             self._pieces = None
-            c.put_span(self.d, 0, self._verify_span(0, data))
+            first = self._verify_span(0, data)
+            self._spans[0] = first
+            self._last = 0
+            self._keep(0, first)
 
     @property
     def size(self) -> int:
@@ -651,55 +665,50 @@ class S3Reader:
                 raise Corrupt(f"corrupt object {self.d.hex()} (a piece in the object store misses its chunk list)")
         return data
 
-    def _fill_span(self, i: int) -> bytes:
-        """Fetch span i, verify it, put it in the cache; its bytes (one fetch per span and process
-        at a time: a reader waits for a read-ahead of the same span instead of fetching it again)."""
-        key = (self.d, i)
-        s = self.s
-        with s._inflight_lock:
-            fut = s._inflight.get(key)
-            mine = fut is None
-            if mine:
-                fut = Future()
-                s._inflight[key] = fut
-        if not mine:
-            return fut.result()
+    def _fetch_verified(self, i: int) -> bytes:
+        start = i * SPAN
+        data, _, _ = self.s.fetch_range(self.d, start, start + self._span_len(i))
+        return self._verify_span(i, data)
+
+    def _keep(self, i: int, data: bytes) -> None:
+        """Put a verified span in the cache, off the reader's path (a disk write may be slow)."""
+        def job():
+            try:
+                self.s.cache.put_span(self.d, i, data)
+            except Exception:
+                pass  # the cache is an optimisation: the next reader fetches it again
+
+        self.s.fetch_pool().submit(job)
+
+    def _fetch_ahead(self, j: int, fut: Future) -> None:
         try:
-            start = i * SPAN
-            data, _, _ = s.fetch_range(self.d, start, start + self._span_len(i))
-            data = self._verify_span(i, data)
-            s.cache.put_span(self.d, i, data)
-            fut.set_result(data)
-            return data
+            data = self._fetch_verified(j)
         except BaseException as exc:
-            fut.set_exception(exc)
-            raise
-        finally:
-            with s._inflight_lock:
-                s._inflight.pop(key, None)
+            fut.set_exception(exc)  # the reader that needs the span fetches it again and hears why
+            return
+        fut.set_result(data)
+        try:
+            self.s.cache.put_span(self.d, j, data)
+        except Exception:
+            pass
 
     def _prefetch(self, i: int) -> None:
+        """Sequential reads: fetch the next spans meanwhile (each a GET of its own, in parallel)."""
         nspans = (self._size + SPAN - 1) // SPAN
         c = self.s.cache
         for j in range(i + 1, min(nspans, i + 1 + READ_AHEAD)):
             with self._lock:
-                if j in self._spans:
+                if j in self._spans or j in self._ahead:
                     continue
-            with self.s._inflight_lock:
-                if (self.d, j) in self.s._inflight:
-                    continue
+                fut = Future()
+                self._ahead[j] = fut
             if os.path.exists(c.span_path(self.d, j)):
+                fut.set_result(None)  # cached already: read from the cache when it is needed
                 continue
-            self.s.fetch_pool().submit(self._quiet_fill, j)
-
-    def _quiet_fill(self, j: int) -> None:
-        try:
-            self._fill_span(j)
-        except Exception:
-            pass  # a read-ahead: the reader that needs the span fetches it again and hears why
+            self.s.fetch_pool().submit(self._fetch_ahead, j, fut)
 
     def _span(self, i: int):
-        """An open descriptor on cached span i, or its bytes when the cache would not keep it."""
+        """Span i: its verified bytes, or an open descriptor on its cached copy."""
         with self._lock:
             got = self._spans.get(i)
             if got is not None:
@@ -707,22 +716,30 @@ class S3Reader:
                 return got
             sequential = i == self._last + 1
             self._last = i
+            fut = self._ahead.pop(i, None)
+            for j in [j for j in self._ahead if j < i]:  # the reader jumped past them
+                del self._ahead[j]
         if sequential:
             self._prefetch(i)
-        got = self.s.cache.span_fd(self.d, i)
+        got = None
+        if fut is not None:
+            try:
+                got = fut.result()
+            except Exception:
+                got = None  # fetched again below, and this time its failure is the reader's
         if got is None:
-            data = self._fill_span(i)
             got = self.s.cache.span_fd(self.d, i)
-            if got is None:
-                got = data
+        if got is None:
+            got = self._fetch_verified(i)
+            self._keep(i, got)
         with self._lock:
             old = self._spans.get(i)
-            if old is not None:
+            if old is not None:  # another thread kept it meanwhile: one descriptor per span
                 if isinstance(got, int):
                     os.close(got)
                 return old
             self._spans[i] = got
-            while len(self._spans) > 4:
+            while len(self._spans) > 2:
                 _, x = self._spans.popitem(last=False)
                 if isinstance(x, int):
                     os.close(x)
@@ -745,10 +762,13 @@ class S3Reader:
             n = min(size, self._span_len(i) - within)
             got = self._span(i)
             if isinstance(got, int):
-                try:
-                    b = os.pread(got, n, within)
-                except OSError:
-                    b = b""
+                with self._lock:  # another thread's eviction closes descriptors: read only a kept one
+                    if self._spans.get(i) != got:
+                        continue  # evicted meanwhile (its number may name another file now): ask again
+                    try:
+                        b = os.pread(got, n, within)
+                    except OSError:
+                        b = b""
                 if len(b) != n:  # a damaged cache file: fetch the span again
                     b = self._fetch_bytes(i)[within:within + n]
             else:
@@ -759,9 +779,7 @@ class S3Reader:
         return b"".join(parts)
 
     def _fetch_bytes(self, i: int) -> bytes:
-        start = i * SPAN
-        data, _, _ = self.s.fetch_range(self.d, start, start + self._span_len(i))
-        return self._verify_span(i, data)
+        return self._fetch_verified(i)
 
     def close(self) -> None:
         with self._lock:
@@ -772,4 +790,5 @@ class S3Reader:
                 if isinstance(x, int):
                     os.close(x)
             self._spans.clear()
+            self._ahead.clear()  # fetches under way finish into the cache
             self._data = None

@@ -47,6 +47,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from contextlib import contextmanager
 
 from ..errors import BadInput, Conflict, StoreMissing
@@ -145,9 +146,12 @@ def _machine_id(state_dir: str) -> str:
 
 
 def _boot_id() -> str:
+    """This kernel's boot and pid namespace: where a pid names one process (containers sharing a
+    kernel have pid namespaces of their own)."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
+            boot = f.read().strip()
+        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
     except OSError:
         return ""
 
@@ -208,8 +212,10 @@ class PgGc:
         self._beat: threading.Thread | None = None
         self._beat_pid = 0
         self._wake = threading.Event()
-        meta.fence = self._fence_ids
-        objects.before_delete = self._check_gc
+        # weak: no reference cycle keeps a closed store's connections and clients alive
+        fence, check = weakref.WeakMethod(self._fence_ids), weakref.WeakMethod(self._check_gc)
+        meta.fence = lambda: (fence() or list)()
+        objects.before_delete = lambda: (check() or (lambda: None))()
 
     def _fence_ids(self) -> list[str]:
         with self._lock:
@@ -279,6 +285,8 @@ class PgGc:
             self._tl.depth = 0
             with self._lock:
                 self._held.pop(lease_id, None)
+                if not self._held and self._gc_holder is None:
+                    self._wake.set()  # the heartbeat has nothing left to renew: it ends now
             try:
                 self.meta.gc_writer_exit(lease_id)
             except Exception:
@@ -314,6 +322,8 @@ class PgGc:
         finally:
             with self._lock:
                 self._gc_holder = None
+                if not self._held:
+                    self._wake.set()
             try:
                 self.meta.gc_end(holder)
             except Exception:
@@ -331,18 +341,27 @@ class PgGc:
 
 
 class DraftClaim:
-    """A draft held by this process across machines: a PostgreSQL session advisory lock."""
+    """A draft held by this process across machines: a PostgreSQL session advisory lock, given
+    back explicitly (a closed connection's lock lingers until its server process notices)."""
 
-    def __init__(self, conn):
+    def __init__(self, store: "ScaleoutStore", conn, key: tuple[int, int]):
+        self.store = store
         self.conn = conn
+        self.key = key
 
     def release(self) -> None:
-        if self.conn is not None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute("SELECT pg_advisory_unlock(%s, %s)", self.key)
+        except Exception:
             try:
-                self.conn.close()  # the session's advisory lock goes with it
+                conn.close()  # the session's locks go with it
             except Exception:
                 pass
-            self.conn = None
+            return
+        self.store._lock_conn_done(conn)
 
 
 class ScaleoutStore(Store):
@@ -354,29 +373,51 @@ class ScaleoutStore(Store):
         self.store_id = desc["id"]
         self.machine_id = machine
         self.machine_label = label
+        self._lock_conns: list = []
+        self._lock_conns_pid = os.getpid()
+        self._lock_conns_lock = threading.Lock()
 
     # -- drafts across machines ----------------------------------------------------------------
     def draft_here(self, row: dict) -> bool:
         """Whether a draft's scratch files (if any) live on this machine."""
         return row.get("machine") in (None, self.machine_id)
 
-    def claim_draft(self, draft, what: str):
-        """Hold ``draft`` for this process (called by ``repo.lock_draft`` after its local flock):
-        refused while another machine uses it or keeps its changed files."""
+    def _lock_conn(self):
+        """An autocommit connection for advisory locks (reused: connecting costs more than locking)."""
         import psycopg
 
-        meta = self.meta
+        with self._lock_conns_lock:
+            if self._lock_conns_pid != os.getpid():
+                self._lock_conns, self._lock_conns_pid = [], os.getpid()  # a forked child's are not its own
+            while self._lock_conns:
+                conn = self._lock_conns.pop()
+                if not conn.closed:
+                    return conn
         try:
-            conn = psycopg.connect(meta.dsn, autocommit=True, connect_timeout=10)
+            return psycopg.connect(self.meta.dsn, autocommit=True, connect_timeout=10)
         except psycopg.Error as exc:
             from .pg_meta import MetaUnavailable, _one_line
 
-            raise MetaUnavailable(f"cannot reach {meta._where()}: {_one_line(exc)}") from None
-        ok = False
+            raise MetaUnavailable(f"cannot reach {self.meta._where()}: {_one_line(exc)}") from None
+
+    def _lock_conn_done(self, conn) -> None:
+        with self._lock_conns_lock:
+            if self._lock_conns_pid == os.getpid() and len(self._lock_conns) < 4:
+                self._lock_conns.append(conn)
+                return
+        conn.close()
+
+    def claim_draft(self, draft, what: str):
+        """Hold ``draft`` for this process (called by ``repo.lock_draft`` after its local flock):
+        refused while another machine uses it or keeps its changed files."""
+        meta = self.meta
+        conn = self._lock_conn()
+        key = (_hash32(f"artfs-draft:{meta.schema}"), int(draft.id) & 0x7FFFFFFF)
+        claim = DraftClaim(self, conn, key)
         try:
-            got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)",
-                               (f"artfs-draft:{meta.schema}", int(draft.id) & 0x7FFFFFFF)).fetchone()[0]
-            if not got:
+            if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", key).fetchone()[0]:
+                claim.conn = None
+                self._lock_conn_done(conn)
                 raise Conflict(f"{what} is in use on another machine")
             row = meta.draft_by_id(draft.id)
             if row is not None and not self.draft_here(row):
@@ -386,11 +427,18 @@ class ScaleoutStore(Store):
                                    "there")
                 if not meta.claim_draft(draft.id, self.machine_id, self.machine_label, row.get("machine")):
                     raise Conflict(f"{what} was taken by another machine meanwhile")
-            ok = True
-            return DraftClaim(conn)
-        finally:
-            if not ok:
-                conn.close()
+            return claim
+        except BaseException:
+            claim.release()
+            raise
+
+
+def _hash32(text: str) -> int:
+    """A stable signed 32-bit key (advisory locks take two int4)."""
+    import zlib
+
+    v = zlib.crc32(text.encode())
+    return v - (1 << 32) if v >= 1 << 31 else v
 
 
 def _cache_limit(desc: dict) -> int:
@@ -482,8 +530,8 @@ def init_scaleout(path: str, meta_dsn: str, objects_url: str, endpoint: str | No
         if cache_size is None:
             desc["cache_size"] = old.get("cache_size", DEFAULT_LIMIT)
     s = _parts(path, desc, dsn=meta_dsn)  # this process may use the credentials it was given
-    marker = s.objects.read_marker()
     mine = json.dumps({"format": DESC_FORMAT, "id": sid}).encode()
+    marker = s.objects.create_marker(mine)
     if marker is not None:
         try:
             other = json.loads(marker).get("id")
@@ -492,8 +540,6 @@ def init_scaleout(path: str, meta_dsn: str, objects_url: str, endpoint: str | No
         if other != sid:
             raise BadInput(f"{objects_url} already holds another artfs store ({other or 'unknown'}); "
                            "give another prefix")
-    else:
-        s.objects.write_marker(mine)
     with s.writing(), s.objects.batch() as b:  # gc's rule holds for this object too
         b.put_bytes(fmt.EMPTY_TREE)
     _write_description(path, desc)

@@ -251,22 +251,6 @@ class SqliteMeta(PendingMeta, RunsMeta, MetaStore):
         return self.artifact(name)
 
     # -- versions -------------------------------------------------------------
-    @staticmethod
-    def _version(row, name: str) -> dict:
-        d = dict(row)
-        d["artifact"] = name
-        try:
-            d["metadata"] = json.loads(d["metadata"] or "{}")
-        except ValueError as exc:
-            d["metadata"], d["metadata_error"] = {}, f"not JSON ({exc})"
-        if d.get("root_meta") is not None:
-            d["root_meta"] = bytes(d["root_meta"])
-        try:
-            d["tags"] = json.loads(d.get("tags") or "[]")
-        except ValueError:
-            d["tags"] = []
-        return d
-
     def version(self, name: str, num: int) -> dict | None:
         row = self.db.execute(
             "SELECT v.* FROM versions v JOIN artifacts a ON a.id=v.artifact_id WHERE a.name=? AND v.num=?",

@@ -69,14 +69,6 @@ class RunsMeta:
         q = "SELECT * FROM runs ORDER BY started DESC" + (f" LIMIT {int(limit)}" if limit else "")
         return [self._run(r) for r in self.db.execute(q)]
 
-    @staticmethod
-    def _run(r) -> dict:
-        d = dict(r)
-        d["config"] = json.loads(d["config"] or "{}")
-        d["summary"] = json.loads(d.get("summary") or "{}")
-        d["group"] = d.pop("grp")
-        return d
-
     def run_used(self, run_id: str, artifact: str, num: int) -> None:
         with self.tx() as db:
             # a version this run produced is not one of its inputs (lineage stays acyclic)
