@@ -147,9 +147,9 @@ def copy_version(src, dst, v: V.VersionInfo, parent_map: dict[int, int], progres
             out["sent"] += j - i
             i = j
         parent = parent_map.get(v.parent) if v.parent is not None else None
-        art = dst.meta.artifact(v.artifact)
+        # the type always goes along: an artifact of another type refuses it (Conflict), as put does
         num, unchanged = dst.meta.create_version(
-            v.artifact, v.type if art is None else None, root=v.root.hex(), ident=v.ident.hex(),
+            v.artifact, v.type, root=v.root.hex(), ident=v.ident.hex(),
             root_meta=v.root_meta if v.root_meta is not None else fmt.encode_root(v.root_entry()),
             links=v.links.hex() if v.links else None, expected=ANY, parent=parent, message=v.message,
             metadata=v.metadata, file_count=v.file_count, total_bytes=v.total_bytes, how=v.how,

@@ -43,7 +43,7 @@ import psycopg
 from psycopg import errors as pgerr
 from psycopg.rows import dict_row
 
-from ..errors import ArtfsError, Busy, Conflict, Finished, NotFound, NoSpace, SchemaMismatch, Stale
+from ..errors import ArtfsError, BadInput, Busy, Conflict, Finished, NotFound, NoSpace, SchemaMismatch, Stale
 from .meta import ANY, MetaStore
 
 SCHEMA_VERSION = 1
@@ -129,15 +129,17 @@ _RETRYABLE_STATES = {"40001", "40P01"}  # serialization failure, deadlock: the s
 class MetaUnavailable(ArtfsError):
     """The metadata store cannot be reached (or a commit's outcome is unknown)."""
 
-    exit_code = 1
+    exit_code = 2  # not corruption (1): the store is fine, the way to it is not
 
 
 def schema_of(dsn: str) -> str:
     """The schema a DSN's ``search_path`` names first (``public`` without one)."""
     try:
         opts = psycopg.conninfo.conninfo_to_dict(dsn).get("options") or ""
-    except psycopg.ProgrammingError as exc:
-        raise MetaUnavailable(f"bad PostgreSQL DSN: {exc}") from None
+    except psycopg.ProgrammingError:
+        # libpq's message quotes the offending token, which may be the password: never shown
+        raise MetaUnavailable("bad PostgreSQL DSN: libpq cannot parse it (are special characters of the "
+                              "password percent-encoded?)") from None
     m = re.search(r"-c\s*search_path\s*=\s*([^\s,]+)", opts)
     name = m.group(1).strip('"') if m else "public"
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name):
@@ -145,24 +147,31 @@ def schema_of(dsn: str) -> str:
     return name
 
 
+#: libpq parameters that are secrets (never in a description file or a message)
+_SECRETS = ("password", "sslpassword")
+
+
 def redact(dsn: str) -> str:
-    """The DSN without its password (what a description file and messages may show); a URL
-    stays a URL."""
+    """The DSN without its secrets (what a description file and messages may show); a URL
+    stays a URL (also one without a host: ``postgresql:///db?host=...``)."""
     try:
         d = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
         return "<unparsable DSN>"
     if dsn.startswith(("postgresql://", "postgres://")):
-        from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+        from urllib.parse import parse_qsl, urlencode, urlsplit
 
         u = urlsplit(dsn)
         netloc = u.netloc
         if "@" in netloc:
             cred, host = netloc.rsplit("@", 1)
             netloc = cred.split(":", 1)[0] + "@" + host
-        query = urlencode([(k, v) for k, v in parse_qsl(u.query, keep_blank_values=True) if k != "password"])
-        return urlunsplit((u.scheme, netloc, u.path, query, u.fragment))
-    d.pop("password", None)
+        query = urlencode([(k, v) for k, v in parse_qsl(u.query, keep_blank_values=True) if k not in _SECRETS])
+        # by hand, not urlunsplit: that drops the "//" of an empty host, which libpq then refuses
+        return f"{u.scheme}://{netloc}{u.path}" + (f"?{query}" if query else "") + \
+            (f"#{u.fragment}" if u.fragment else "")
+    for k in _SECRETS:
+        d.pop(k, None)
     return psycopg.conninfo.make_conninfo("", **d)
 
 
@@ -240,6 +249,12 @@ class PgMeta(MetaStore):
                     raise
             except pgerr.DiskFull:
                 raise NoSpace(f"no space left for {self._where()}") from None
+            except psycopg.DataError as exc:
+                if "NUL" not in str(exc):
+                    raise
+                # a local store keeps such text; PostgreSQL's text type cannot: say so, change nothing
+                raise BadInput("a message, description or name holds a NUL character, which the "
+                               "scale-out store's metadata (PostgreSQL text) cannot keep") from None
             except psycopg.errors.InsufficientResources as exc:
                 raise NoSpace(f"{self._where()} is out of resources: {exc}") from None
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -330,6 +345,24 @@ class PgMeta(MetaStore):
                 cur.execute(f"INSERT INTO migrations VALUES(%s, {NOW}, 'migrated')", (target,))
 
             self._tx(fn)
+
+    def claim_info(self, key: str, value: str) -> str:
+        """Record ``key`` = ``value`` in the store's info table unless it holds one already;
+        returns what it holds (``value`` when this call recorded it)."""
+        def fn(cur):
+            cur.execute("INSERT INTO info VALUES(%s, %s) ON CONFLICT DO NOTHING", (key, value))
+            cur.execute("SELECT value FROM info WHERE key=%s", (key,))
+            return cur.fetchone()["value"]
+
+        return self._tx(fn)
+
+    def info(self, key: str) -> str | None:
+        def fn(cur):
+            cur.execute("SELECT value FROM info WHERE key=%s", (key,))
+            r = cur.fetchone()
+            return r["value"] if r else None
+
+        return self._read(fn)
 
     def store_id(self) -> str | None:
         def fn(cur):

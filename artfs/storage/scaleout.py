@@ -442,13 +442,26 @@ def _hash32(text: str) -> int:
 
 
 def _cache_limit(desc: dict) -> int:
+    """This machine's cache bound: $ARTFS_CACHE_SIZE, else the description's ``cache_size`` (bytes,
+    or a size as --cache-size takes it: "20G")."""
     env = os.environ.get("ARTFS_CACHE_SIZE")
-    try:
-        if env:
+    if env:
+        try:
             return parse_size(env)
-        return int(desc.get("cache_size") or DEFAULT_LIMIT)
-    except ValueError as exc:
-        raise BadInput(f"ARTFS_CACHE_SIZE: {exc}") from None
+        except ValueError as exc:
+            raise BadInput(f"ARTFS_CACHE_SIZE: {exc}") from None
+    v = desc.get("cache_size")
+    if v is None:
+        return DEFAULT_LIMIT
+    try:
+        if isinstance(v, str):
+            return parse_size(v)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    except ValueError:
+        pass
+    raise BadInput(f"the store description's cache_size is {json.dumps(v)[:40]}: expected a number of bytes "
+                   "or a size such as \"20G\"")
 
 
 def _clients() -> None:
@@ -493,8 +506,19 @@ def open_scaleout(path: str) -> ScaleoutStore:
     if have != desc["id"]:
         raise StoreMissing(f"{path} describes store {desc['id']}, but its metadata store holds "
                            f"{have or 'no store'}; was the database replaced?")
+    _check_objects_location(s.meta, desc["objects"], path)
     s.ensure_state()
     return s
+
+
+def _check_objects_location(meta, objects_url: str, path: str) -> None:
+    """One store keeps its objects in one place: the metadata store records it (the first time:
+    init, or the first open of a store made before it was recorded) and refuses another, which
+    would upload into another store's prefix (whose gc deletes them) or miss every object."""
+    kept = meta.claim_info("objects", objects_url)
+    if kept != objects_url:
+        raise BadInput(f"{path} names objects at {objects_url}, but this store keeps its objects at {kept} "
+                       "(another store's, or a typo?): fix the description's \"objects\"")
 
 
 def init_scaleout(path: str, meta_dsn: str, objects_url: str, endpoint: str | None = None,
@@ -505,7 +529,7 @@ def init_scaleout(path: str, meta_dsn: str, objects_url: str, endpoint: str | No
 
     path = os.path.abspath(path)
     if not meta_dsn.startswith(("postgresql://", "postgres://")):
-        raise BadInput(f"bad --meta {meta_dsn!r}: expected postgresql://[user@]host[:port]/database")
+        raise BadInput(f"bad --meta {redact(meta_dsn)!r}: expected postgresql://[user@]host[:port]/database")
     bucket, prefix = parse_s3_url(objects_url)
     if os.path.isdir(path):
         raise BadInput(f"{path} is a directory (a local store, or something else); a scale-out store is "
@@ -521,7 +545,11 @@ def init_scaleout(path: str, meta_dsn: str, objects_url: str, endpoint: str | No
     probe.create()
     probe.check_schema()
     sid = probe.store_id()
+    kept = probe.info("objects")
     probe.close()
+    if kept is not None and kept != objects_url:
+        raise BadInput(f"this metadata store already keeps its objects at {kept}, not {objects_url}: "
+                       "one store has one place for its objects")
     desc = {"format": DESC_FORMAT, "id": sid, "meta": redact(meta_dsn), "objects": objects_url,
             "endpoint": endpoint, "region": region,
             "cache_size": int(cache_size) if cache_size is not None else DEFAULT_LIMIT}
@@ -540,6 +568,7 @@ def init_scaleout(path: str, meta_dsn: str, objects_url: str, endpoint: str | No
         if other != sid:
             raise BadInput(f"{objects_url} already holds another artfs store ({other or 'unknown'}); "
                            "give another prefix")
+    _check_objects_location(s.meta, objects_url, path)  # the prefix is this store's: recorded now
     with s.writing(), s.objects.batch() as b:  # gc's rule holds for this object too
         b.put_bytes(fmt.EMPTY_TREE)
     _write_description(path, desc)
