@@ -6,8 +6,12 @@ chunk list (an object named in its tree entry, itself checked against its
 digest).  So every read -- a FUSE read, ``artfs cat``, ``export``,
 ``Version.open`` -- verifies exactly the pieces it touches, every time: a byte
 corrupted on disk after it was first read is still never served (EIO /
-Corrupt instead).  Verified pieces are kept in a small shared LRU (bounded in
-bytes) so sequential small reads do not re-hash a piece.
+Corrupt instead).  A piece that fails is read once more when the object
+store's reader can fetch it afresh (``refetch``: the scale-out store's local
+cache may hold a copy that went bad while the bucket's is sound); once only,
+so a bad copy in the store itself still fails.  Verified pieces are kept in a
+small shared LRU (bounded in bytes) so sequential small reads do not re-hash a
+piece.
 
 ``file://`` references are opened without following symlinks in any path
 component (openat2 RESOLVE_NO_SYMLINKS where the kernel has it, else
@@ -192,6 +196,8 @@ class ContentReader:
             fd = self.raw.fd if self.is_ref else None
             if fd is None:
                 d, n, chunks = self._hash_object()
+                if (d != e.digest or n != self.size) and self._refetch(0, self.size):
+                    d, n, chunks = self._hash_object()
             else:
                 d, n, chunks = hash_fd(fd)
             if d != e.digest or n != self.size:
@@ -202,6 +208,13 @@ class ContentReader:
             while len(_chunk_lists) > 4096:
                 _chunk_lists.popitem(last=False)
         return pieces
+
+    def _refetch(self, off: int, n: int) -> bool:
+        """Ask the object store's reader to fetch [off, off + n) afresh (dropping a cached copy
+        that went bad); whether reading again may help.  Local readers and references have no
+        ``refetch``: what they read is the only copy."""
+        refetch = getattr(self.raw, "refetch", None)
+        return refetch is not None and bool(refetch(off, n))
 
     def _hash_object(self):
         from ..storage.hashing import Hasher
@@ -223,12 +236,17 @@ class ContentReader:
         if hit is not None:
             return hit
         want = min(CHUNK, self.size - i * CHUNK)
-        try:
-            data = self.raw.pread(i * CHUNK, want)
-        except OSError as exc:
-            self._fail(f"is unreadable: {exc.strerror}")
-        if len(data) != want or not _matches(data, self._expected(i)):
-            self._fail("is corrupt" if len(data) == want else "is shorter than recorded (corrupt)")
+        for again in (False, True):
+            try:
+                data = self.raw.pread(i * CHUNK, want)
+            except OSError as exc:
+                why = f"is unreadable: {exc.strerror}"
+            else:
+                if len(data) == want and _matches(data, self._expected(i)):
+                    break
+                why = "is corrupt" if len(data) == want else "is shorter than recorded (corrupt)"
+            if again or not self._refetch(i * CHUNK, want):
+                self._fail(why)
         if not self.is_ref:
             _pieces.put(ck, data)
         return data

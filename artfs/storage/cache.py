@@ -11,6 +11,10 @@ Layout (``$XDG_CACHE_HOME/artfs/<store id>/``, every directory 0700, every file 
 Only verified bytes ever enter: a whole object is checked against its digest,
 each span of a big object piece by piece against the object's chunk list (the
 caller, ``s3_objects``, does the checking; this module stores and evicts).
+A copy that goes bad afterwards (a bad disk block, a stray write) is caught by
+the reads that verify what they serve (``repo.content``): the reader drops it
+(:meth:`ObjectCache.drop`, :meth:`ObjectCache.drop_span`) and fetches the bytes
+again from the bucket.
 Files are written to ``tmp/`` and renamed into place, so a reader never sees
 half a file, and a reader's open descriptor keeps working when the entry is
 evicted meanwhile (POSIX: the inode lives until closed).  Nothing is fsynced:
@@ -292,13 +296,19 @@ class ObjectCache:
         return self._fill(self._key_span(d, i), self.span_path(d, i), data)
 
     def drop(self, digests) -> None:
-        """Forget objects (gc deleted them from the store)."""
-        keys = []
-        for d in digests:
-            keys.append(self._key_whole(d))
-            _unlink(self.whole_path(d))
+        """Forget objects (gc deleted them from the store, or a cached copy went bad on this disk)."""
+        self._forget([(self._key_whole(d), self.whole_path(d)) for d in digests])
+
+    def drop_span(self, d: bytes, i: int) -> None:
+        """Forget span i of a big object (its cached copy went bad on this disk)."""
+        self._forget([(self._key_span(d, i), self.span_path(d, i))])
+
+    def _forget(self, entries: list[tuple[str, str]]) -> None:
+        """Remove (key, path) entries: files first (a reader that has one open keeps it), then rows."""
+        for _, path in entries:
+            _unlink(path)
         with self._db() as db:
-            for k in keys:
+            for k, _ in entries:
                 r = db.execute("DELETE FROM entries WHERE key=? RETURNING size", (k,)).fetchone()
                 if r:
                     db.execute("UPDATE totals SET total=total-? WHERE id=1", (r[0],))

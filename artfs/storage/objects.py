@@ -73,7 +73,13 @@ class ObjectStore(ABC):
     @abstractmethod
     def open(self, digest: bytes):
         """A reader of the object: ``pread(offset, size) -> bytes`` (short only at the end) and
-        ``close()``.  Raises Corrupt("missing object ...") when the object does not exist."""
+        ``close()``.  Raises Corrupt("missing object ...") when the object does not exist.
+
+        A reader that serves a local copy of a remote object (the scale-out store's cache) also
+        has ``refetch(offset, size) -> bool``: the bytes read there missed their digest, so drop
+        the local copy and fetch them again, verified, for the next pread; False when there is
+        nothing fresher.  The caller (``repo.content``) calls it once per failed read.  Readers
+        of the only copy (the local store) have none."""
 
     def read(self, digest: bytes, offset: int, size: int) -> bytes:
         """Up to ``size`` raw bytes at ``offset`` (short only at the end), in reads of at most

@@ -34,8 +34,11 @@ an object of at most ``SPAN`` bytes is fetched whole and verified against its
 digest; a bigger one is fetched in spans on demand, each verified piece by
 piece against the object's chunk list, with read-ahead when reads are
 sequential.  So mounting and listing a version fetches trees only, and ``cat``
-of one file fetches that file (or the ranges read).  ``verify`` (fsck) reads
-the bucket itself, never the cache.
+of one file fetches that file (or the ranges read).  A cached copy that went
+bad on this disk afterwards is dropped and fetched again, verified, once a read
+that checks its bytes finds it out (``get``; ``S3Reader.refetch``, which
+``repo.content`` calls).  ``verify`` (fsck) reads the bucket itself, never the
+cache.
 """
 from __future__ import annotations
 
@@ -99,7 +102,7 @@ def _pools() -> tuple:
 class ObjectsUnavailable(ArtfsError):
     """The object store failed (unreachable, refused, or kept failing after retries)."""
 
-    exit_code = 1
+    exit_code = 2  # not corruption (1): the objects are fine, the way to them is not
 
 
 def _first_line(exc: BaseException) -> str:
@@ -597,6 +600,7 @@ class S3Reader:
         self._spans: OrderedDict[int, object] = OrderedDict()  # span -> fd (int) or its bytes
         self._ahead: dict[int, Future] = {}  # spans being fetched ahead of a sequential reader
         self._last = -2
+        self._retired: list[int] = []  # descriptors on copies refetched: another thread may still read one
 
     # -- setup ---------------------------------------------------------------------------
     def _init(self) -> None:
@@ -615,30 +619,35 @@ class S3Reader:
                 self._size, self._chunks = info
                 self._mode = "spans"
                 return
-            data, size, chunks = self.s.fetch_range(self.d, 0, SPAN)
-            if size <= SPAN:
-                if len(data) != size or blake(data) != self.d:
-                    raise Corrupt(f"corrupt object {self.d.hex()} (its bytes in the object store miss its name)")
-                c.put_whole(self.d, data)
-                self._data, self._size, self._mode = data, size, "mem"
-                return
-            if chunks is None:
-                # a big object without a chunk list (a huge tree): fetched and verified whole
-                tmp, fd, n = self.s.fetch_whole_to_file(self.d, size)
-                if c.put_whole_file(self.d, tmp, n):
-                    self._fd = fd
-                else:
-                    _unlink(tmp)  # too big for the cache: private to this reader
-                    self._fd = fd
-                self._size, self._mode = n, "fd"
-                return
-            self._size, self._chunks, self._mode = size, chunks, "spans"
-            c.set_info(self.d, size, chunks)
-            self._pieces = None
-            first = self._verify_span(0, data)
-            self._spans[0] = first
-            self._last = 0
-            self._keep(0, first)
+            self._fetch_first()
+
+    def _fetch_first(self) -> None:
+        """Fetch the object (or its first span) from the bucket, verified, and settle how it is
+        read (under the lock; ``_mode`` is set after what it needs: ``_init`` reads it without)."""
+        c = self.s.cache
+        data, size, chunks = self.s.fetch_range(self.d, 0, SPAN)
+        if size <= SPAN:
+            if len(data) != size or blake(data) != self.d:
+                raise Corrupt(f"corrupt object {self.d.hex()} (its bytes in the object store miss its name)")
+            c.put_whole(self.d, data)
+            self._data, self._size, self._mode = data, size, "mem"
+            return
+        if chunks is None:
+            # a big object without a chunk list (a huge tree): fetched and verified whole
+            tmp, fd, n = self.s.fetch_whole_to_file(self.d, size)
+            if c.put_whole_file(self.d, tmp, n):
+                self._fd = fd
+            else:
+                _unlink(tmp)  # too big for the cache: private to this reader
+                self._fd = fd
+            self._size, self._mode = n, "fd"
+            return
+        self._size, self._chunks, self._pieces, self._mode = size, chunks, None, "spans"
+        c.set_info(self.d, size, chunks)
+        first = self._verify_span(0, data)
+        self._spans[0] = first
+        self._last = 0
+        self._keep(0, first)
 
     @property
     def size(self) -> int:
@@ -739,11 +748,32 @@ class S3Reader:
                     os.close(got)
                 return old
             self._spans[i] = got
-            while len(self._spans) > 2:
-                _, x = self._spans.popitem(last=False)
-                if isinstance(x, int):
-                    os.close(x)
+            self._trim()
             return got
+
+    def _trim(self) -> None:
+        """Keep two spans (under the lock: a pread reads only a descriptor still kept)."""
+        while len(self._spans) > 2:
+            _, x = self._spans.popitem(last=False)
+            if isinstance(x, int):
+                os.close(x)
+
+    def _heal_span(self, i: int) -> bytes:
+        """Span i's cached copy went bad on this disk: forget it, fetch the span again from the
+        bucket (verified), cache and hold the new bytes."""
+        with self._lock:
+            old = self._spans.pop(i, None)
+            if isinstance(old, int):
+                os.close(old)
+            self._ahead.pop(i, None)
+        self.s.cache.drop_span(self.d, i)
+        data = self._fetch_verified(i)
+        self._keep(i, data)
+        with self._lock:
+            self._spans[i] = data
+            self._spans.move_to_end(i)
+            self._trim()
+        return data
 
     # -- reads ---------------------------------------------------------------------------
     def pread(self, offset: int, size: int) -> bytes:
@@ -769,8 +799,8 @@ class S3Reader:
                         b = os.pread(got, n, within)
                     except OSError:
                         b = b""
-                if len(b) != n:  # a damaged cache file: fetch the span again
-                    b = self._fetch_bytes(i)[within:within + n]
+                if len(b) != n:  # a truncated or unreadable cache file: fetch the span again
+                    b = self._heal_span(i)[within:within + n]
             else:
                 b = got[within:within + n]
             parts.append(b)
@@ -778,14 +808,41 @@ class S3Reader:
             size -= n
         return b"".join(parts)
 
-    def _fetch_bytes(self, i: int) -> bytes:
-        return self._fetch_verified(i)
+    def refetch(self, offset: int, size: int) -> bool:
+        """Bytes read at [offset, offset + size) missed what they should be (the caller verifies):
+        drop this machine's cached copy of them and fetch them again from the bucket, verified,
+        for the next pread.  False when they did not come from the cache (nothing fresher to
+        offer).  Corrupt when the bucket's copy is bad too.  Call it once per failed read: a
+        copy that still misses is the bucket's."""
+        self._init()
+        if self._mode == "mem":
+            # fetched from the bucket and verified whole; unless another thread just did so in
+            # place of a bad cached copy (which the failed read may have read), nothing fresher
+            return bool(self._retired)
+        if self._mode == "fd":
+            bad = self._fd
+            with self._lock:
+                if self._mode == "fd" and self._fd == bad:  # (else another thread refetched it)
+                    # the old descriptor stays open until close(): another thread may be reading it
+                    self._retired.append(self._fd)
+                    self.s.cache.drop([self.d])
+                    self._fetch_first()
+            return True
+        if size > 0 and offset < self._size:
+            for i in range(offset // SPAN, (min(offset + size, self._size) - 1) // SPAN + 1):
+                with self._lock:
+                    held = self._spans.get(i)
+                if not isinstance(held, bytes):  # bytes held are the bucket's, verified already
+                    self._heal_span(i)
+        return True  # (another thread may have healed it meanwhile: read again either way)
 
     def close(self) -> None:
         with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+            for fd in set(self._retired + [self._fd]):
+                if fd >= 0:
+                    os.close(fd)
+            self._fd = -1
+            self._retired.clear()
             for x in self._spans.values():
                 if isinstance(x, int):
                     os.close(x)
