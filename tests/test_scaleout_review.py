@@ -191,6 +191,39 @@ def test_a_damaged_cached_copy_is_fetched_again_not_eio_forever(so, tmp_path, ma
     assert got.returncode == 0 and got.stdout == data, got.stderr
 
 
+@pytest.mark.parametrize("size", [5000, (20 << 20) + 7])
+def test_a_bad_cached_copy_of_an_object_bad_in_the_bucket_too_is_corrupt_not_wrong_bytes(so, tmp_path, machines,
+                                                                                          size):
+    """The other side of the refetch above: when the bucket's copy went bad as well, the one
+    fetch again finds it out and the read fails as corrupt (exit 1, nothing on stdout), on
+    this machine and on a machine with an empty cache: never the bad bytes, never a loop."""
+    import obstore
+
+    path, s = so
+    data = os.urandom(size)
+    a = machines("a")
+    a.cli(path, "put", "ds", put_tree(tmp_path, "src", {"f.bin": data}))
+    assert a.cli(path, "cat", "ds", "f.bin", text=False).stdout == data  # fills a's cache
+    sid = json.load(open(path))["id"]
+    for d, _, files in os.walk(os.path.join(a.cache_dir(sid), "spans" if size > (8 << 20) else "objects")):
+        for f in files:
+            p = os.path.join(d, f)
+            if os.path.getsize(p) > 1000:
+                with open(p, "r+b") as fh:
+                    fh.write(b"\xff" * 16)
+    e = repo.lookup(s, repo.resolve(s, "ds"), "f.bin")
+    bad = bytearray(data)
+    bad[:16] = b"\xff" * 16
+    attrs = {"artfs-chunks": e.chunks.hex()} if e.chunks else {}
+    obstore.put(s.objects.s3, s.objects.key(e.digest), bytes(bad), attributes=attrs)
+    try:
+        for m in (a, machines("b")):
+            got = m.cli(path, "cat", "ds", "f.bin", text=False, check=False)
+            assert got.returncode == 1 and got.stdout == b"" and b"corrupt" in got.stderr, got.stderr
+    finally:  # the fixture's fsck at the end: the bucket as it was
+        obstore.put(s.objects.s3, s.objects.key(e.digest), data, attributes=attrs)
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs FUSE")
 def test_a_commit_message_with_a_nul_byte_is_refused_clearly(so, tmp_path):
     """``printf 'fix\\0typo' > MNT/.artfs/commit`` in a draft mount: PostgreSQL's text type cannot
