@@ -203,6 +203,50 @@ def test_copy_fd_copies_only_data_and_keeps_the_length(tmp_path):
         os.close(d)
 
 
+@pytest.mark.parametrize("where", ["copy_fd", "put", "export", "copy_up"])
+def test_a_file_that_ends_in_a_hole_keeps_its_length(store, tmp_path, where):
+    """A file whose last bytes are a hole (data, then ``truncate`` to a larger size): no byte is
+    written there, so the copy's length comes from ftruncate alone -- without it an object of
+    such a file would be short, its digest that of other bytes."""
+    size = 4 * CHUNK + 12345
+    src = tmp_path / "src"
+    src.mkdir()
+    pieces = [(100, os.urandom(4096)), (CHUNK + 7, os.urandom(4096))]  # all data well before the end
+    make_sparse(src / "f", size, pieces)
+    want = reference(size, pieces)[0]
+    if where == "copy_fd":
+        s = os.open(src / "f", os.O_RDONLY)
+        d = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            assert hashing.copy_fd(s, d, size) == size
+            assert os.fstat(d).st_size == size and hashing.hash_fd(d)[0] == want
+        finally:
+            os.close(s)
+            os.close(d)
+        return
+    v, _ = repo.put_dir(store, "ds", str(src))
+    e = repo.lookup(store, v, "f")
+    assert (e.size, e.digest) == (size, want)
+    check_content(store, e, size, pieces)
+    if where == "export":
+        out = tmp_path / "out"
+        repo.export(Store.open(store.path), v, str(out))  # a fresh store object: no piece cached
+        fd = os.open(out / "f", os.O_RDONLY)
+    elif where == "copy_up":
+        d = repo.open_draft(store, "ds")
+        name, sf = d.copy_up(d.lookup(P("f")))
+        sf.close()
+        fd = os.open(d.scratch_path(name), os.O_RDONLY)
+    else:
+        return
+    try:
+        assert os.fstat(fd).st_size == size and hashing.hash_fd(fd)[0] == want
+    finally:
+        os.close(fd)
+    if where == "copy_up":
+        d.discard()
+
+
 def test_pread_sparse_equals_pread(tmp_path):
     p = tmp_path / "f"
     size = 5 * CHUNK + 123
