@@ -55,9 +55,6 @@ def test_init_keeps_every_secret_of_the_dsn_out_of_the_description(srv, tmp_path
         _drop_schema(srv, url)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the S3 store's dedup trusts an existing object of the right "
-                   "size (S3 PUTs are whole or nothing, so only a rewrite in the bucket can damage one); a heal "
-                   "needs a record of damaged digests that fsck and readers fill and batches re-upload")
 def test_a_re_put_heals_a_damaged_big_object(so, tmp_path):
     """DESIGN.md §5 invariant 2: "a put of content whose object is missing or damaged writes it
     again (a re-put heals the store)".  A big file whose object went bad in the bucket (same size:
@@ -82,9 +79,6 @@ def test_a_re_put_heals_a_damaged_big_object(so, tmp_path):
         obstore.put(s.objects.s3, key, data, attributes={"artfs-chunks": e.chunks.hex()})
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the S3 store's dedup trusts an existing object of the right "
-                   "size (S3 PUTs are whole or nothing, so only a rewrite in the bucket can damage one); a heal "
-                   "needs a record of damaged digests that fsck and readers fill and batches re-upload")
 def test_a_re_put_of_the_same_directory_heals_a_damaged_object(so, tmp_path, monkeypatch):
     """The same, through put's stat cache: put.py trusts a remembered digest "only while its
     object is the very file the cache saw (a damaged object -- rewritten, truncated -- has another
@@ -344,3 +338,27 @@ def test_open_refuses_a_description_whose_objects_belong_to_another_store(srv, t
     finally:
         _drop_schema(srv, url1)
         _drop_schema(srv, url2)
+
+
+def test_same_bytes_reads_both_kinds_of_etag_and_admits_what_it_cannot_tell(tmp_path, monkeypatch):
+    """The batch's check of an existing object: an ETag of one PUT (MD5 of the bytes) or of a
+    multipart upload (MD5 of the parts' MD5s, "-N") says yes or no; parts of another size or an
+    opaque ETag say nothing (the size is trusted then, as before)."""
+    import hashlib
+
+    from artfs.storage import s3_objects
+
+    monkeypatch.setattr(s3_objects, "MULTIPART_PART", 1000)
+    data = os.urandom(2500)
+    f = tmp_path / "f"
+    f.write_bytes(data)
+    parts = [hashlib.md5(data[i:i + 1000]).digest() for i in range(0, 2500, 1000)]
+    multipart = hashlib.md5(b"".join(parts)).hexdigest() + "-3"
+    same = s3_objects._same_bytes
+    assert same(f'"{multipart}"', str(f), 2500) is True
+    assert same(f'"{hashlib.md5(data).hexdigest()}"', str(f), 2500) is True  # one PUT of a big file
+    assert same(f'"{hashlib.md5(data[:-1] + b"x").hexdigest()}"', str(f), 2500) is False
+    assert same(f'"{hashlib.md5(b"".join(parts[::-1])).hexdigest()}-3"', str(f), 2500) is False
+    assert same(f'"{hashlib.md5(b"").hexdigest()}-2"', str(f), 2500) is None  # parts of another size
+    assert same('"opaque-kms-etag"', str(f), 2500) is None
+    assert same(None, str(f), 2500) is None

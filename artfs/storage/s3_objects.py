@@ -14,8 +14,10 @@ the repo layer writes metadata naming them only afterwards (DESIGN.md §5).  A
 failed batch names nothing: what it uploaded is garbage for gc.
 
 * A small object is always PUT (one request either way, and a re-put heals a
-  damaged one).  A big object that already exists with the same size is not
-  sent again (one HEAD saves the upload).  Unconditional PUTs are used on
+  damaged one).  A big object that already exists with the same size and an
+  ETag that agrees with the file (MD5 of the bytes, or of the parts) is not
+  sent again (one HEAD saves the upload); one rewritten in the bucket is, and
+  so healed.  Stamps (put's stat cache) are size and ETag for the same reason.  Unconditional PUTs are used on
   purpose: conditional creates (``If-None-Match``) are serialised by some
   servers (SeaweedFS holds a lock for up to seconds under contention), and
   identical content makes overwriting harmless.
@@ -216,24 +218,38 @@ class S3ObjectStore(ObjectStore):
         self.stats["put"] += 1
         self.stats["put_bytes"] += size
 
-    def head(self, d: bytes) -> int | None:
+    def head_meta(self, d: bytes) -> dict | None:
+        """The object's metadata (``size``, ``e_tag``, ...), or None when it does not exist."""
         try:
             meta = self.call(f"look up object {d.hex()}", obstore.head, self.s3, self.key(d))
         except FileNotFoundError:
             return None
         self.stats["head"] += 1
-        return meta["size"]
+        return meta
+
+    def head(self, d: bytes) -> int | None:
+        meta = self.head_meta(d)
+        return None if meta is None else meta["size"]
 
     # -- existence ----------------------------------------------------------------------------
     def has(self, digests: Iterable[bytes]) -> dict[bytes, int]:
+        return {d: m["size"] for d, m in self._metas(digests).items()}
+
+    def stamps(self, digests: Iterable[bytes]) -> dict[bytes, str]:
+        """Size and ETag: an object rewritten in the bucket has another ETag, so put's stat cache
+        reads the source again and the upload heals the object."""
+        return {d: f"{m['size']}.{(m.get('e_tag') or '').strip(chr(34))}" for d, m in self._metas(digests).items()}
+
+    def _metas(self, digests: Iterable[bytes]) -> dict[bytes, dict]:
+        """Metadata of those of ``digests`` that exist: HEADs for a few, listings for many."""
         ds = sorted(set(digests))
         if not ds:
             return {}
-        out: dict[bytes, int] = {}
+        out: dict[bytes, dict] = {}
         if len(ds) <= HEAD_MAX:
-            for d, size in zip(ds, self.pool().map(self.head, ds)):
-                if size is not None:
-                    out[d] = size
+            for d, meta in zip(ds, self.pool().map(self.head_meta, ds)):
+                if meta is not None:
+                    out[d] = meta
             return out
         groups: dict[str, list[bytes]] = {}
         for d in ds:
@@ -242,12 +258,12 @@ class S3ObjectStore(ObjectStore):
             out.update(part)
         return out
 
-    def _has_listing(self, ds: list[bytes]) -> dict[bytes, int]:
+    def _has_listing(self, ds: list[bytes]) -> dict[bytes, dict]:
         """Digests of one 2-hex prefix (sorted): list from the first, stop after the last; fall back
         to HEADs when the listing would cost more requests than they would."""
         want = {self.key(d): d for d in ds}
         keys = sorted(want)
-        out: dict[bytes, int] = {}
+        out: dict[bytes, dict] = {}
         prefix = keys[0].rsplit("/", 1)[0] + "/"
         found = 0
         listed = 0
@@ -261,7 +277,7 @@ class S3ObjectStore(ObjectStore):
                     listed += 1
                     if p in remaining:
                         remaining.discard(p)
-                        out[want[p]] = meta["size"]
+                        out[want[p]] = meta
                         found += 1
                     if p > keys[-1]:
                         return out
@@ -274,9 +290,9 @@ class S3ObjectStore(ObjectStore):
         finally:
             del stream
         for p in sorted(remaining):
-            size = self.head(want[p])
-            if size is not None:
-                out[want[p]] = size
+            meta = self.head_meta(want[p])
+            if meta is not None:
+                out[want[p]] = meta
         return out
 
     # -- reading ---------------------------------------------------------------------------------
@@ -535,9 +551,11 @@ class S3Batch(Batch):
 
         def up():
             try:
-                have = s.head(d)
-                if have == n:
-                    s.stats["skipped"] += 1  # already there: sending it again would change nothing
+                have = s.head_meta(d)
+                # already there, and its ETag does not say otherwise: sending it again would change
+                # nothing (a mismatch is an object rewritten in the bucket: this upload heals it)
+                if have is not None and have["size"] == n and _same_bytes(have.get("e_tag"), tmp, n) is not False:
+                    s.stats["skipped"] += 1
                 else:
                     s._put(d, path=tmp, size=n, chunks=chunks_d)
             finally:
@@ -570,6 +588,39 @@ class S3Batch(Batch):
         for tmp in self.spools:
             _unlink(tmp)
         self.futures.clear()
+
+
+def _same_bytes(etag: str | None, path: str, size: int) -> bool | None:
+    """Whether an object whose S3 ETag is ``etag`` holds the bytes of the file ``path``: an
+    ETag is the MD5 of the bytes (one PUT) or of the parts' MD5s with their count (multipart).
+    None when it cannot tell (parts of another size, an encrypted object's opaque ETag)."""
+    import hashlib
+    import re
+
+    m = re.fullmatch(r"([0-9a-f]{32})(?:-(\d+))?", (etag or "").strip('"'))
+    if m is None:
+        return None
+    part = size or 1  # one PUT: the whole file is one "part"
+    if m.group(2) is not None:
+        if size <= MULTIPART_PART or int(m.group(2)) != -(-size // MULTIPART_PART):
+            return None
+        part = MULTIPART_PART
+    digests = []
+    with open(path, "rb") as f:
+        while True:
+            h, left = hashlib.md5(), part
+            while left:
+                b = f.read(min(left, 1 << 20))
+                if not b:
+                    break
+                h.update(b)
+                left -= len(b)
+            digests.append(h.digest())
+            if left or f.tell() >= size:
+                break
+    if m.group(2) is None:
+        return digests[0].hex() == m.group(1)
+    return hashlib.md5(b"".join(digests)).hexdigest() == m.group(1)
 
 
 def _pread_all(fd: int, size: int) -> bytes:
