@@ -232,9 +232,7 @@ def store_path(tmp_path, backend, monkeypatch):
         yield str(tmp_path / "store")
         return
     srv = _servers.scaleout_or_skip()
-    for k, v in _servers.machine_env(str(tmp_path / "machine")).items():
-        if k != "HOME":
-            monkeypatch.setenv(k, v)
+    _servers.become_machine(monkeypatch, str(tmp_path / "machine"))
     path = str(tmp_path / "store.artfs")
     srv.new_store(path).meta.close()
     yield path

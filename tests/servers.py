@@ -424,6 +424,13 @@ def machine_env(home: str) -> dict:
             "XDG_DATA_HOME": os.path.join(home, ".local", "share")}
 
 
+def become_machine(monkeypatch, home: str) -> None:
+    """Make this test process a machine of its own (its XDG directories; HOME stays)."""
+    for k, v in machine_env(home).items():
+        if k != "HOME":
+            monkeypatch.setenv(k, v)
+
+
 def report_skip(terminalreporter) -> None:
     """End of session: say loudly when the scale-out back end was asked for and not tested."""
     if _failure is not None:

@@ -122,9 +122,7 @@ def own():
 
 @pytest.fixture
 def store(own, tmp_path, monkeypatch):
-    for k, v in srv_mod.machine_env(str(tmp_path / "m")).items():
-        if k != "HOME":
-            monkeypatch.setenv(k, v)
+    srv_mod.become_machine(monkeypatch, str(tmp_path / "m"))
     path = str(tmp_path / "s.artfs")
     own.new_store(path).meta.close()
     yield path
@@ -304,9 +302,7 @@ class FaultProxy:
 
 
 def test_s3_errors_are_retried_with_backoff_then_reported(own, tmp_path, monkeypatch):
-    for k, v in srv_mod.machine_env(str(tmp_path / "m")).items():
-        if k != "HOME":
-            monkeypatch.setenv(k, v)
+    srv_mod.become_machine(monkeypatch, str(tmp_path / "m"))
     proxy = FaultProxy(own.endpoint)
     path = str(tmp_path / "p.artfs")
     try:

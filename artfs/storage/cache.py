@@ -39,6 +39,7 @@ import time
 import uuid
 
 from .format import CHUNK
+from .sqlite_meta import switch_to_wal
 
 SPAN = 8 * CHUNK  # bytes per cached span of a big object (a multiple of CHUNK: pieces never straddle)
 DEFAULT_LIMIT = 4 << 30
@@ -153,16 +154,7 @@ class ObjectCache:
             except OSError:
                 pass
         conn.execute("PRAGMA busy_timeout=120000")
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    conn.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)  # SQLite's own busy handler does not cover the WAL switch
+        switch_to_wal(conn, 120)
         conn.execute("PRAGMA synchronous=OFF")  # a cache: a reboot empties it anyway
         return conn
 

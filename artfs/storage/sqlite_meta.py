@@ -73,6 +73,23 @@ def _rows(cur) -> list[dict]:
     return [dict(r) for r in cur]
 
 
+def switch_to_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch to WAL once per database (it persists in the file).  The switch needs an
+    exclusive lock and SQLite does not wait for it with the busy handler, so processes
+    opening one database together retry here (up to ``timeout`` seconds) instead of failing
+    with "database is locked"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)  # the lock holder gives no event to wait on; SQLite's own busy loop does the same
+
+
 class SqliteMeta(PendingMeta, RunsMeta, MetaStore):
     def __init__(self, path: str):
         self.path = path
@@ -93,27 +110,11 @@ class SqliteMeta(PendingMeta, RunsMeta, MetaStore):
                     pass
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            self._wal(conn)
+            switch_to_wal(conn, BUSY_TIMEOUT_MS / 1000)
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
             self._local.pid = os.getpid()
         return conn
-
-    @staticmethod
-    def _wal(conn: sqlite3.Connection) -> None:
-        """Switch to WAL once per database (it persists in the file).  The switch needs an
-        exclusive lock and SQLite does not wait for it with the busy handler, so processes
-        creating one store together retry here instead of failing with "database is locked"."""
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-        while True:
-            try:
-                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    conn.execute("PRAGMA journal_mode=WAL")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)  # the lock holder gives no event to wait on; SQLite's own busy loop does the same
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
