@@ -142,6 +142,7 @@ def serve(store_path: str, ref_text: str, mountpoint: str, *, foreground: bool =
                 ready("ok")
 
             nursery.start_soon(announce)
+            ops.readahead.start(nursery)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
 

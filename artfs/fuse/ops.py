@@ -33,7 +33,9 @@ from .. import errors, repo
 from ..repo import staging
 from ..errors import NotPermitted
 from ..storage.format import BLK, CHR, DIR, FIFO, FILE, REF, SOCK, SYMLINK
-from .vfs import CTL_NAME, ROOT_INO, BaseVFS
+from ..repo.content import read_cached
+from .readahead import ReadAhead
+from .vfs import CTL_NAME, ROOT_INO, SMALL_FILE, BaseVFS
 
 log = logging.getLogger("artfs.fuse")
 
@@ -201,6 +203,7 @@ class Operations(pyfuse3.Operations):
         self.last_error = ""  # why the last write to .artfs/commit or finish failed (read back by `artfs commit`)
         self.owner_uid = os.getuid() if owner_uid is None else owner_uid
         self.owner_gid = os.getgid() if owner_gid is None else owner_gid
+        self.readahead = ReadAhead(vfs.store, SMALL_FILE)  # active once the daemon calls start()
 
     # -- attributes ----------------------------------------------------------------
     def _attr(self, fields: dict) -> pyfuse3.EntryAttributes:
@@ -533,7 +536,20 @@ class Operations(pyfuse3.Operations):
             if scope.cancelled_caught:
                 raise errors.ReferenceChanged(f"reference {e.uri} did not answer in time")
         else:
-            await trio.to_thread.run_sync(vfs.open_stored_blocking, h, e)
+            ra = self.readahead
+            if e.size <= SMALL_FILE:
+                await ra.settle(e, 0, e.size)
+                data = read_cached(e, 0, e.size)  # read ahead (or read before): no worker-thread trip
+            else:
+                data = None
+            if data is not None:
+                h.close_reader()
+                h.data = data
+            else:
+                await trio.to_thread.run_sync(vfs.open_stored_blocking, h, e)
+            where = vfs.siblings(n)
+            if where is not None:
+                ra.opened(*where)
 
     @fuse_handler
     async def read(self, fh, off, size):
@@ -556,6 +572,13 @@ class Operations(pyfuse3.Operations):
                 data = await trio.to_thread.run_sync(reader.read, off, size, abandon_on_cancel=True)
             if scope.cancelled_caught:
                 raise errors.ReferenceChanged("a referenced file did not answer in time")
+            return data
+        e = reader.entry
+        ra = self.readahead
+        ra.read(h, e, off, size)
+        await ra.settle(e, off, size)
+        data = read_cached(e, off, size)
+        if data is not None:
             return data
         return await trio.to_thread.run_sync(reader.read, off, size)
 

@@ -41,7 +41,7 @@ __all__ = ["BaseVFS", "Handle", "VersionVFS", "NotPermitted", "stat_dict", "CTL_
 class Handle:
     """An open file: its node and what it reads from (stored content, or the node's scratch file)."""
 
-    __slots__ = ("fh", "node", "writable", "reader", "data", "append")
+    __slots__ = ("fh", "node", "writable", "reader", "data", "append", "ra_expect", "ra_next")
 
     def __init__(self, fh: int, node, writable: bool):
         self.fh = fh
@@ -50,6 +50,8 @@ class Handle:
         self.reader: repo.ContentReader | None = None  # stored content (verified reads)
         self.data: bytes | None = None  # a small stored file's verified bytes
         self.append = False
+        self.ra_expect: int | None = None  # where a sequential read would go on (fuse.readahead)
+        self.ra_next: int | None = None  # the first piece not yet read ahead
 
     def close_reader(self) -> None:
         if self.reader is not None:
@@ -129,6 +131,11 @@ class BaseVFS:
         if h.data is not None:
             return h.data[off:off + size]
         return h.reader.read(off, size)
+
+    def siblings(self, n) -> tuple | None:
+        """(a key of its directory, its index there, the directory's entries) of a node, for
+        read-ahead across files; None where the model cannot say cheaply."""
+        return None
 
     def _close_handle(self, fh: int) -> Handle | None:
         h = self.handles.pop(fh, None)
@@ -290,6 +297,11 @@ class VersionVFS(BaseVFS):
 
     def release(self, fh: int) -> None:
         self._close_handle(fh)
+
+    def siblings(self, n) -> tuple | None:
+        if isinstance(n, _File):
+            return n.dir.ino, n.index, self.store.tree(n.dir.tree)
+        return None
 
     def xattrs(self, ino: int) -> tuple:
         return self.entry(self.node(ino)).xattrs

@@ -288,6 +288,25 @@ class ContentReader:
         self.close()
 
 
+def read_cached(e: Entry, off: int, size: int) -> bytes | None:
+    """``[off, off + size)`` of a stored file (not a reference: one may change) when every
+    piece it touches is in the shared cache of verified pieces, else None.  No I/O, so a
+    FUSE handler may call it on the trio thread (``fuse.readahead`` fills the cache)."""
+    if e.kind != FILE or e.digest is None:
+        return None
+    end = min(e.size, off + size)
+    if off >= end:
+        return b"" if e.size else None  # an empty file is checked by reading it once
+    first, last = off // CHUNK, (end - 1) // CHUNK
+    parts = []
+    for i in range(first, last + 1):
+        p = _pieces.get((e.digest, i))
+        if p is None:
+            return None
+        parts.append(p[max(off, i * CHUNK) - i * CHUNK:min(end, (i + 1) * CHUNK) - i * CHUNK])
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def _matches(data: bytes, expected: bytes) -> bool:
     """Whether ``data`` hashes to ``expected``.  A whole piece of zeros (a hole of a sparse
     file) is checked with a memcmp against the zero buffer instead: its digest is known."""
