@@ -160,7 +160,7 @@ def serve(store_path: str, ref_text: str, mountpoint: str, *, foreground: bool =
                 ready("ok")
 
             nursery.start_soon(announce)
-            ops.readahead.start(nursery)
+            ops.start(nursery)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
 
@@ -181,6 +181,10 @@ def serve(store_path: str, ref_text: str, mountpoint: str, *, foreground: bool =
                 staging.make_durable(store, ops.vfs.draft)
             except Exception:
                 log.exception("final sync")
+            try:
+                ops.scratch_pool.discard_blocking()
+            except OSError:
+                log.exception("removing scratch files made ahead")
         for path in registry:
             try:
                 os.unlink(path)

@@ -17,6 +17,11 @@ requests.  A draft change is planned, persisted in a worker thread and
 applied under one lock (``mutex``); ``Gate`` lets a commit wait for in-flight
 changes and writes and hold new ones back until it is done, so a write lands
 wholly before or wholly after a commit.
+
+Background work, once the daemon calls :meth:`Operations.start` with its
+nursery: read-ahead across a directory's small files and within big files
+(``readahead.py``), and empty scratch files made ahead for creates
+(``scratch_pool.py``).  Without ``start`` (tests of this layer) neither runs.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from ..errors import NotPermitted
 from ..storage.format import BLK, CHR, DIR, FIFO, FILE, REF, SOCK, SYMLINK
 from ..repo.content import read_cached
 from .readahead import ReadAhead
+from .scratch_pool import ScratchPool
 from .vfs import CTL_NAME, ROOT_INO, SMALL_FILE, BaseVFS
 
 log = logging.getLogger("artfs.fuse")
@@ -203,7 +209,14 @@ class Operations(pyfuse3.Operations):
         self.last_error = ""  # why the last write to .artfs/commit or finish failed (read back by `artfs commit`)
         self.owner_uid = os.getuid() if owner_uid is None else owner_uid
         self.owner_gid = os.getgid() if owner_gid is None else owner_gid
-        self.readahead = ReadAhead(vfs.store, SMALL_FILE)  # active once the daemon calls start()
+        self.readahead = ReadAhead(vfs.store, SMALL_FILE)  # these two are active once start() is called
+        self.scratch_pool = ScratchPool(vfs.draft) if vfs.draft is not None else None
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Let background work (read-ahead, scratch files made ahead) run in ``nursery``."""
+        self.readahead.start(nursery)
+        if self.scratch_pool is not None:
+            self.scratch_pool.start(nursery)
 
     # -- attributes ----------------------------------------------------------------
     def _attr(self, fields: dict) -> pyfuse3.EntryAttributes:
@@ -344,10 +357,10 @@ class Operations(pyfuse3.Operations):
         async with self.gate(), self.mutex:
             parent = vfs.entry(vfs.node(parent_inode))
             perm, gid = new_owner(parent, kind, stat.S_IMODE(mode), ctx.uid, ctx.gid, ctx.pid)
-            sname = d.scratch_name() if kind == FILE else None
+            sname, made = self.scratch_pool.take() if kind == FILE else (None, False)
             ch = vfs.plan_create(parent_inode, name, kind, perm, ctx.uid, gid, rdev=rdev, target=target,
                                  scratch=sname)
-            sf = await trio.to_thread.run_sync(d.create_and_persist, ch, sname)
+            sf = await trio.to_thread.run_sync(d.create_and_persist, ch, sname, made)
             return vfs.apply_create(ch, parent_inode, name, sf)
 
     @fuse_handler

@@ -311,20 +311,53 @@ class Draft:
     def scratch_name() -> str:
         return uuid.uuid4().hex
 
-    def new_scratch(self, name: str | None = None) -> tuple[str, ScratchFile]:
-        """A new empty scratch file (O_EXCL), open read-write."""
+    def new_scratch(self, name: str | None = None, made: bool = False) -> tuple[str, ScratchFile]:
+        """A new empty scratch file (O_EXCL), open read-write.  ``made``: ``name`` is an empty
+        scratch file made ahead (:meth:`make_empty_scratch`): open it and stamp its times now,
+        as a file created now has them (or create it after all, should it be gone)."""
         name = name or self.scratch_name()
+        path = self.scratch_path(name)
+        if made:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                pass
+            else:
+                try:
+                    os.utime(fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                return name, ScratchFile(fd, name)
         try:
-            fd = os.open(self.scratch_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileNotFoundError:
             os.makedirs(self.scratch_dir, mode=0o700, exist_ok=True)
-            fd = os.open(self.scratch_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         return name, ScratchFile(fd, name)
 
-    def create_and_persist(self, ch: "Change", scratch: str | None) -> ScratchFile | None:
-        """Make the scratch file a planned change names (if any), then persist the change; on
-        failure neither remains (worker thread: one trip for both)."""
-        sf = self.new_scratch(scratch)[1] if scratch is not None else None
+    def make_empty_scratch(self, n: int) -> list[str]:
+        """Make ``n`` empty scratch files ahead of need and return their names (worker thread).
+        Nothing references them: if the owner dies, the next owner's
+        :meth:`prepare_for_writing` (or gc) removes them like any other unreferenced scratch file."""
+        os.makedirs(self.scratch_dir, mode=0o700, exist_ok=True)
+        names = []
+        for _ in range(n):
+            name = self.scratch_name()
+            try:
+                os.close(os.open(self.scratch_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            except OSError:
+                if not names:
+                    raise
+                break  # a full disk, say: keep (and hand over) what was made
+            names.append(name)
+        return names
+
+    def create_and_persist(self, ch: "Change", scratch: str | None, made: bool = False) -> ScratchFile | None:
+        """Make the scratch file a planned change names (if any; ``made``: an empty one made
+        ahead, see :meth:`new_scratch`), then persist the change; on failure neither remains
+        (worker thread: one trip for both)."""
+        sf = self.new_scratch(scratch, made)[1] if scratch is not None else None
         try:
             self.persist(ch)
         except BaseException:
