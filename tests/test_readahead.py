@@ -203,3 +203,43 @@ def test_without_start_nothing_is_read_ahead(store, tmp_path, mktree):
         assert not cached(store, "ds:v0", "d/f001")
 
     run(main)
+
+
+def test_a_second_walk_of_a_directory_is_read_ahead_again(store, tmp_path, mktree, monkeypatch):
+    """Once the cache has dropped them, walking the directory again (a second tar, rsync) reads
+    ahead again: read-ahead follows the walk, not what it scheduled once."""
+    files = small_files()
+    repo.put_dir(store, "ds", mktree(tmp_path / "src", files))
+
+    async def main(nursery):
+        ops = version_ops(store, "ds:v0", nursery)
+        for i in range(NFILES):
+            assert await read_whole(ops, await ino_of(ops, b"d", f"f{i:03d}".encode())) == files[f"d/f{i:03d}"]
+        await settled(ops)
+        content._pieces.items.clear()  # evicted meanwhile
+        content._pieces.used = 0
+        assert await read_whole(ops, await ino_of(ops, b"d", b"f000")) == files["d/f000"]
+        await settled(ops)
+        assert all(cached(store, "ds:v0", f"d/f{i:03d}") for i in range(1, 1 + ra_mod.FILE_WINDOW))
+
+    run(main)
+
+
+def test_read_ahead_that_cannot_run_is_dropped_not_fatal(store, tmp_path, mktree, monkeypatch):
+    """A background task's exception would end the mount: read-ahead that fails in any way (no
+    thread to be had, say) is dropped, and the program's own reads go on."""
+    files = small_files()
+    repo.put_dir(store, "ds", mktree(tmp_path / "src", files))
+
+    async def main(nursery):
+        ops = version_ops(store, "ds:v0", nursery)
+
+        def no_thread(pieces):
+            raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(ops.readahead, "_read_blocking", no_thread)
+        for i in range(NFILES):
+            assert await read_whole(ops, await ino_of(ops, b"d", f"f{i:03d}".encode())) == files[f"d/f{i:03d}"]
+        await settled(ops)
+
+    run(main)

@@ -133,3 +133,49 @@ def test_a_create_that_fails_leaves_no_pooled_file(store, monkeypatch):
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_a_create_refused_before_its_file_is_used_gives_it_back(store):
+    async def main():
+        async with trio.open_nursery() as nursery:
+            ops = draft_ops(store)
+            ops.start(nursery)
+            await create(ops, b"first", b"x")
+            await filled(ops)
+            before = list(ops.scratch_pool.names)
+            with pytest.raises(pyfuse3.FUSEError) as ei:  # the name exists: refused while planning
+                await ops.create(ROOT_INO, b"first", 0o644, os.O_WRONLY, CTX)
+            assert ei.value.errno == errno.EEXIST
+            assert sorted(ops.scratch_pool.names) == sorted(before), "the file it took is back in the pool"
+            d = ops.vfs.draft
+            await unmount(ops)
+            assert sorted(os.listdir(d.scratch_dir)) == sorted(d.referenced_scratch())
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_making_files_ahead_that_fails_is_not_fatal(store, monkeypatch):
+    """A batch that cannot be made (a full disk, no thread) leaves creates to make their own files."""
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            ops = draft_ops(store)
+            ops.start(nursery)
+
+            def broken(n):
+                raise RuntimeError("can't start new thread")
+
+            monkeypatch.setattr(ops.vfs.draft, "make_empty_scratch", broken)
+            for i in range(5):
+                await create(ops, f"f{i}".encode(), b"data")
+                await filled(ops)
+            assert not ops.scratch_pool.names
+            d = ops.vfs.draft
+            for i in range(5):
+                with open(d.scratch_path(d.lookup((f"f{i}".encode(),)).scratch), "rb") as f:
+                    assert f.read() == b"data"
+            await unmount(ops)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)

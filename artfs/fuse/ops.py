@@ -358,8 +358,13 @@ class Operations(pyfuse3.Operations):
             parent = vfs.entry(vfs.node(parent_inode))
             perm, gid = new_owner(parent, kind, stat.S_IMODE(mode), ctx.uid, ctx.gid, ctx.pid)
             sname, made = self.scratch_pool.take() if kind == FILE else (None, False)
-            ch = vfs.plan_create(parent_inode, name, kind, perm, ctx.uid, gid, rdev=rdev, target=target,
-                                 scratch=sname)
+            try:
+                ch = vfs.plan_create(parent_inode, name, kind, perm, ctx.uid, gid, rdev=rdev, target=target,
+                                     scratch=sname)
+            except BaseException:
+                if made:  # untouched: back to the pool
+                    self.scratch_pool.give_back(sname)
+                raise
             sf = await trio.to_thread.run_sync(d.create_and_persist, ch, sname, made)
             return vfs.apply_create(ch, parent_inode, name, sf)
 

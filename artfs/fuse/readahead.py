@@ -32,6 +32,7 @@ read ahead waits for it (``settle``) instead of reading it twice.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 import trio
 
@@ -45,6 +46,7 @@ FILE_WINDOW = 64  # small files of a directory read ahead of the one opened
 FILE_BATCH = 8  # files per worker-thread trip
 PIECE_WINDOW = 4  # pieces of a big file read ahead of a sequential read
 PARALLEL = 2  # worker threads reading ahead at once
+DIR_MARKS = 1024  # directories whose walk is remembered
 SEQ_SLACK = 4 * CHUNK  # kernel read-ahead requests may arrive a little out of order
 
 
@@ -57,7 +59,8 @@ class ReadAhead:
         self.nursery: trio.Nursery | None = None
         self.limiter = trio.CapacityLimiter(PARALLEL)
         self.inflight: dict[tuple, trio.Event] = {}  # (digest, piece) -> set when read (or failed)
-        self.dir_mark: dict[object, int] = {}  # directory key -> first index not yet scheduled
+        # directory key -> (the index opened last, the end of what its walk scheduled)
+        self.dir_mark: OrderedDict[object, tuple[int, int]] = OrderedDict()
 
     def start(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
@@ -79,12 +82,21 @@ class ReadAhead:
         files after it ahead, unless that is already under way."""
         if self.nursery is None:
             return
-        mark = self.dir_mark.get(dir_key, 0)
-        if mark > index + FILE_WINDOW // 2:  # enough is scheduled ahead already
+        last, hi = self.dir_mark.get(dir_key, (-1, 0))
+        walking = last < index < hi  # on in the same walk (going back or past the window starts afresh)
+        self.dir_mark[dir_key] = (index, hi)
+        self.dir_mark.move_to_end(dir_key)
+        if walking and index < hi - FILE_WINDOW // 2:  # enough is scheduled ahead already
             return
-        start, stop = max(mark, index + 1), min(len(entries), index + 1 + FILE_WINDOW)
-        self.dir_mark[dir_key] = max(mark, stop)
-        todo = [e for e in entries[start:stop] if self._wanted(e)]
+        start, stop = (hi if walking else index + 1), min(len(entries), index + 1 + FILE_WINDOW)
+        self.dir_mark[dir_key] = (index, stop)
+        while len(self.dir_mark) > DIR_MARKS:
+            self.dir_mark.popitem(last=False)
+        todo, seen = [], set()
+        for e in entries[start:stop]:
+            if e.digest not in seen and self._wanted(e):  # identical files: read once
+                seen.add(e.digest)
+                todo.append(e)
         for k in range(0, len(todo), FILE_BATCH):
             self._launch([(e, 0) for e in todo[k:k + FILE_BATCH]])
 
@@ -124,6 +136,8 @@ class ReadAhead:
     async def _run(self, pieces: list) -> None:
         try:
             await trio.to_thread.run_sync(self._read_blocking, pieces, limiter=self.limiter)
+        except Exception as exc:  # no thread to be had, say: read-ahead is a hint, never the mount's end
+            log.debug("read-ahead not run: %s", exc)
         finally:
             for e, i in pieces:
                 ev = self.inflight.pop((e.digest, i), None)

@@ -29,6 +29,7 @@ log = logging.getLogger("artfs.fuse")
 LOW = 64  # refill when fewer than this many are left
 BATCH = 128  # files made per worker-thread trip
 HIGH = 512  # never more than this many made ahead
+RETRY_AFTER = 5.0  # seconds before trying again after a batch failed
 
 
 class ScratchPool:
@@ -41,6 +42,7 @@ class ScratchPool:
         self.nursery: trio.Nursery | None = None
         self.filling = False
         self.closed = False
+        self.retry_at = float("-inf")  # after a failed batch, not before this (trio clock)
 
     def start(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
@@ -53,8 +55,12 @@ class ScratchPool:
             return self.names.pop(), True
         return self.draft.scratch_name(), False
 
+    def give_back(self, name: str) -> None:
+        """A name ``take`` gave for a create that failed before its file was used: still empty."""
+        self.names.append(name)
+
     def _refill(self) -> None:
-        if self.nursery is None or self.filling or self.closed:
+        if self.nursery is None or self.filling or self.closed or trio.current_time() < self.retry_at:
             return
         self.filling = True
         self.nursery.start_soon(self._fill)
@@ -63,12 +69,10 @@ class ScratchPool:
         try:
             n = min(BATCH, HIGH - len(self.names))
             names = await trio.to_thread.run_sync(self.draft.make_empty_scratch, n)
-            if self.closed:  # unmounted meanwhile: these are nobody's
-                await trio.to_thread.run_sync(self._drop, names)
-            else:
-                self.names.extend(names)
-        except OSError as exc:  # a full disk, say: files are then made as they are created
-            log.info("scratch files not made ahead: %s", exc)
+            self.names.extend(names)
+        except Exception as exc:  # a full disk, no thread to be had: files are made as they are created
+            log.info("scratch files not made ahead for %g s: %s", RETRY_AFTER, exc)
+            self.retry_at = trio.current_time() + RETRY_AFTER
         finally:
             self.filling = False
 

@@ -301,7 +301,7 @@ def read_cached(e: Entry, off: int, size: int) -> bytes | None:
     parts = []
     for i in range(first, last + 1):
         p = _pieces.get((e.digest, i))
-        if p is None:
+        if p is None or len(p) != min(CHUNK, e.size - i * CHUNK):  # (an entry that misstates its size)
             return None
         parts.append(p[max(off, i * CHUNK) - i * CHUNK:min(end, (i + 1) * CHUNK) - i * CHUNK])
     return parts[0] if len(parts) == 1 else b"".join(parts)

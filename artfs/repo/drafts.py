@@ -357,7 +357,15 @@ class Draft:
         """Make the scratch file a planned change names (if any; ``made``: an empty one made
         ahead, see :meth:`new_scratch`), then persist the change; on failure neither remains
         (worker thread: one trip for both)."""
-        sf = self.new_scratch(scratch, made)[1] if scratch is not None else None
+        try:
+            sf = self.new_scratch(scratch, made)[1] if scratch is not None else None
+        except BaseException:
+            if made:  # made ahead, now nobody's
+                try:
+                    self.drop_scratch_now(scratch)
+                except OSError:
+                    pass
+            raise
         try:
             self.persist(ch)
         except BaseException:
