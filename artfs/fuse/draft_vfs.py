@@ -347,17 +347,14 @@ class DraftVFS(BaseVFS):
             return
         n = h.node
         n.handles.discard(h)
-        if not n.handles and n.scratch is not None and (n.orphan is not None or self._scratch_is_stale(n)):
-            n.scratch.close()  # an anonymous (orphan) scratch file is gone with its descriptor
+        if not n.handles and n.scratch is not None:
+            # Closed with its last handle (reopened by path when needed): the kernel keeps
+            # inodes, and so nodes, of every file a `cp -r` made, and a descriptor each would run
+            # out (EMFILE) after RLIMIT_NOFILE files.  An anonymous (orphan) scratch file is gone
+            # with its descriptor.
+            n.scratch.close()
             n.scratch = None
         self._maybe_drop(n)
-
-    def _scratch_is_stale(self, n: Node) -> bool:
-        try:
-            e = self.entry(n)
-        except NotFound:
-            return True
-        return e.scratch != n.scratch.name
 
     def after_commit(self) -> list[Node]:
         """The draft is clean on a new version: nodes holding scratch files of committed content
