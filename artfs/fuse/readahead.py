@@ -16,7 +16,10 @@ the kernel cannot see:
   the bytes from memory on the trio thread, with no trip to a worker thread.
 * **Within a big file.**  Sequential reads of a file larger than a piece read
   the next ``PIECE_WINDOW`` pieces ahead in worker threads, so reading from disk
-  and verifying (BLAKE3) overlap with serving the kernel.
+  and verifying (BLAKE3) overlap with serving the kernel.  Not on a store whose
+  readers fetch ahead themselves (``ObjectStore.reads_ahead``: the scale-out
+  store's reader fetches the next 8 MiB spans of a sequential reader; a reader
+  per piece here would fetch them again).
 
 What is read ahead is verified exactly as a normal read (it goes through
 ``repo.ContentReader``) and only ever lands in the bounded shared cache; a
@@ -60,6 +63,8 @@ class ReadAhead:
         self.limiter = trio.CapacityLimiter(PARALLEL)
         self.inflight: dict[tuple, trio.Event] = {}  # (digest, piece) -> set when read (or failed)
         # directory key -> (the index opened last, the end of what its walk scheduled)
+        # a store whose readers fetch ahead themselves (the scale-out one) would fetch twice
+        self.pieces_ahead = not getattr(store.objects, "reads_ahead", False)
         self.dir_mark: OrderedDict[object, tuple[int, int]] = OrderedDict()
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -108,7 +113,7 @@ class ReadAhead:
     def read(self, h, e: Entry, off: int, size: int) -> None:
         """A read of ``[off, off + size)`` of a big stored file through handle ``h``: when the reads
         of ``h`` are sequential, keep ``PIECE_WINDOW`` pieces read ahead of it."""
-        if self.nursery is None or e.kind != FILE or e.size <= CHUNK:
+        if self.nursery is None or not self.pieces_ahead or e.kind != FILE or e.size <= CHUNK:
             return
         expect = h.ra_expect
         h.ra_expect = off + size

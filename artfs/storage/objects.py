@@ -56,6 +56,10 @@ class Batch(ABC):
 
 
 class ObjectStore(ABC):
+    #: whether one reader of an object already fetches ahead of a sequential reader by itself
+    #: (then the mounts' own read-ahead within a file, which opens a reader per piece, keeps out)
+    reads_ahead = False
+
     @abstractmethod
     def batch(self) -> Batch:
         """A new batch of writes."""

@@ -113,6 +113,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 class S3ObjectStore(ObjectStore):
+    reads_ahead = True  # S3Reader fetches the spans after a sequential reader's (``_ahead``)
+
     def __init__(self, bucket: str, prefix: str = "", *, endpoint: str | None = None, region: str | None = None,
                  cache: ObjectCache, threads: int = 16, retry_seconds: float | None = None):
         self.bucket = bucket
