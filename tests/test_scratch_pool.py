@@ -109,50 +109,52 @@ def test_the_next_owner_removes_pooled_files_a_crash_left(store):
     assert not any(os.path.exists(again.scratch_path(n)) for n in left)
 
 
-def test_a_create_that_fails_leaves_no_pooled_file(store, monkeypatch):
+def with_a_filled_pool(store, body) -> None:
+    """Run ``await body(ops)`` on a draft whose pool was filled by a first create; unmount after."""
+
     async def main():
         async with trio.open_nursery() as nursery:
             ops = draft_ops(store)
             ops.start(nursery)
             await create(ops, b"first", b"x")
             await filled(ops)
-            d = ops.vfs.draft
-            taken = ops.scratch_pool.names[-1]
-
-            def broken(*a, **k):
-                raise OSError(errno.EIO, "metadata write failed")
-
-            monkeypatch.setattr(d.meta, "draft_apply", broken)
-            with pytest.raises(pyfuse3.FUSEError) as ei:
-                await ops.create(ROOT_INO, b"second", 0o644, os.O_WRONLY, CTX)
-            assert ei.value.errno == errno.EIO
-            monkeypatch.undo()
-            assert not os.path.exists(d.scratch_path(taken)), "the failed create's scratch file is gone"
-            assert taken not in ops.scratch_pool.names
+            await body(ops)
             await unmount(ops)
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_a_create_that_fails_leaves_no_pooled_file(store, monkeypatch):
+    async def body(ops):
+        d = ops.vfs.draft
+        taken = ops.scratch_pool.names[-1]
+
+        def broken(*a, **k):
+            raise OSError(errno.EIO, "metadata write failed")
+
+        monkeypatch.setattr(d.meta, "draft_apply", broken)
+        with pytest.raises(pyfuse3.FUSEError) as ei:
+            await ops.create(ROOT_INO, b"second", 0o644, os.O_WRONLY, CTX)
+        assert ei.value.errno == errno.EIO
+        monkeypatch.undo()
+        assert not os.path.exists(d.scratch_path(taken)), "the failed create's scratch file is gone"
+        assert taken not in ops.scratch_pool.names
+
+    with_a_filled_pool(store, body)
 
 
 def test_a_create_refused_before_its_file_is_used_gives_it_back(store):
-    async def main():
-        async with trio.open_nursery() as nursery:
-            ops = draft_ops(store)
-            ops.start(nursery)
-            await create(ops, b"first", b"x")
-            await filled(ops)
-            before = list(ops.scratch_pool.names)
-            with pytest.raises(pyfuse3.FUSEError) as ei:  # the name exists: refused while planning
-                await ops.create(ROOT_INO, b"first", 0o644, os.O_WRONLY, CTX)
-            assert ei.value.errno == errno.EEXIST
-            assert sorted(ops.scratch_pool.names) == sorted(before), "the file it took is back in the pool"
-            d = ops.vfs.draft
-            await unmount(ops)
-            assert sorted(os.listdir(d.scratch_dir)) == sorted(d.referenced_scratch())
-            nursery.cancel_scope.cancel()
+    async def body(ops):
+        before = list(ops.scratch_pool.names)
+        with pytest.raises(pyfuse3.FUSEError) as ei:  # the name exists: refused while planning
+            await ops.create(ROOT_INO, b"first", 0o644, os.O_WRONLY, CTX)
+        assert ei.value.errno == errno.EEXIST
+        assert sorted(ops.scratch_pool.names) == sorted(before), "the file it took is back in the pool"
 
-    trio.run(main)
+    with_a_filled_pool(store, body)
+    d = repo.open_draft(store, "ds")
+    assert sorted(os.listdir(d.scratch_dir)) == sorted(d.referenced_scratch())
 
 
 def test_making_files_ahead_that_fails_is_not_fatal(store, monkeypatch):
