@@ -278,11 +278,16 @@ def test_mount_and_find_fetch_no_contents_cat_fetches_one_file(so, tmp_path, mac
         assert small == files["d1/f3.bin"]
         one_e = repo.lookup(s, v, "big/one.bin")
         want = {b3(files["d1/f3.bin"]), one_e.chunks}
+        # opening d1/f3.bin reads the small files after it in d1 ahead (fuse/readahead.py): those
+        # may be fetched too, nothing else
+        names = sorted(os.fsencode(n) for n in os.listdir(os.path.join(src, "d1")))
+        after = names[names.index(b"f3.bin") + 1:]
+        ahead = {b3(files["d1/" + os.fsdecode(n)]) for n in after}
         # the daemon writes fetched spans into the cache behind the reader: wait for them to land
         wait_until(lambda: cached_digests(b.cache_dir(sid))[1] == {one_e.digest}
-                   and cached_digests(b.cache_dir(sid))[0] - trees == want)
+                   and want <= cached_digests(b.cache_dir(sid))[0] - trees)
         whole, spans = cached_digests(b.cache_dir(sid))
-        assert spans == {one_e.digest} and whole - trees == want  # that file, nothing else
+        assert spans == {one_e.digest} and want <= whole - trees <= want | ahead  # that file, nothing else
 
 
 class _mounted_as:
