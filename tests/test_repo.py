@@ -336,6 +336,149 @@ def test_put_cache_survives_gc_of_its_object(store, mktree, tmp_path, monkeypatc
     assert read(store, v, "a") == b"will be collected"
 
 
+def spy_write_tree(monkeypatch) -> list:
+    """The trees put encodes, each as the sorted names in it."""
+    calls: list = []
+    real = Store.write_tree
+
+    def spy(batch, entries):
+        ents = list(entries)
+        calls.append(sorted(e.name for e in ents))
+        return real(batch, ents)
+
+    monkeypatch.setattr(Store, "write_tree", staticmethod(spy))
+    return calls
+
+
+def _walk_all(root: str) -> None:
+    """List every directory and read every symlink, so that relatime has moved the atimes put's
+    listing and readlink move before two puts compare what they saw."""
+    for d, dirs, names in os.walk(root):
+        for n in dirs + names:  # a symlink to a directory is among dirs
+            if os.path.islink(os.path.join(d, n)):
+                os.readlink(os.path.join(d, n))
+
+
+REUSE_TREE = {"a": b"top", "d/b": b"in d", "d/e/c": b"in d/e", "f/g": b"in f", "l": ("symlink", "a")}
+
+
+def test_put_reuses_the_trees_of_unchanged_directories(store, mktree, tmp_path, monkeypatch):
+    """A second put encodes only the trees on the path to what changed (the rest is named by
+    its directory's record in the stat cache)."""
+    src = mktree(tmp_path / "src", REUSE_TREE)
+    real_time = put_mod.time.time
+    monkeypatch.setattr(put_mod.time, "time", lambda: real_time() + 100)  # old enough to be trusted
+    _walk_all(src)  # else the first put's listing moves the atimes of d/e and f: d's tree changes
+    v0, _ = put(store, "ds", src)
+    trees = spy_write_tree(monkeypatch)
+    v, unchanged = put(store, "ds", src)
+    assert unchanged and trees == []
+    with open(os.path.join(src, "d", "e", "c"), "wb") as f:
+        f.write(b"changed")
+    v, unchanged = put(store, "ds", src)
+    assert not unchanged
+    assert trees == [[b"c"], [b"b", b"e"], [b"a", b"d", b"f", b"l"]]  # d/e, d and the root; not f
+    assert read(store, v, "d/e/c") == b"changed" and read(store, v, "f/g") == b"in f"
+
+
+def tree_of(store, src) -> tuple:
+    """(root entry, hard-link table) put would make of ``src`` now (its objects stored)."""
+    with store.writing(), store.objects.batch() as b:
+        return put_mod.build_tree_from_dir(store, b, str(src))
+
+
+@pytest.mark.parametrize("change", [
+    "chmod a file", "chown a file", "xattr on a file", "xattr on a directory", "chmod a directory",
+    "read a file (atime)", "utime back", "same size, same mtime", "retarget a symlink", "rename",
+    "hard link", "empty directory", "fifo",
+])
+def test_a_reused_tree_is_the_tree_a_fresh_put_makes(store, mktree, tmp_path, monkeypatch, change):
+    """After any change that stat can see, the tree the next put makes is exactly the tree a put
+    into an empty store makes of the same directory: no reused tree hides a change."""
+    src = mktree(tmp_path / "src", REUSE_TREE)
+    real_time = put_mod.time.time
+    monkeypatch.setattr(put_mod.time, "time", lambda: real_time() + 100)
+    b, e, g = (os.path.join(src, *p.split("/")) for p in ("d/b", "d/e", "f/g"))
+    st = os.stat(b)
+    os.utime(b, ns=(st.st_mtime_ns - 10**9, st.st_mtime_ns))  # relatime moves an atime before mtime on a read
+    put(store, "ds", src)
+    put(store, "ds", src)  # the directories' records now exist
+    _walk_all(src)
+    before = tree_of(store, src)
+    if change == "chmod a file":
+        os.chmod(b, 0o600)
+    elif change == "chown a file":
+        os.chown(b, 4321, 4321)
+    elif change == "xattr on a file":
+        os.setxattr(b, "user.k", b"v")
+    elif change == "xattr on a directory":
+        os.setxattr(e, "user.k", b"v")
+    elif change == "chmod a directory":
+        os.chmod(e, 0o711)
+    elif change == "read a file (atime)":  # moves the atime alone, not the ctime
+        with open(b, "rb") as f:
+            f.read()
+    elif change == "utime back":
+        st = os.stat(b)
+        os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns - 10**9))
+    elif change == "same size, same mtime":
+        st = os.stat(b)
+        with open(b, "r+b") as f:
+            f.write(b"IN D")
+        os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns))
+    elif change == "retarget a symlink":
+        os.unlink(os.path.join(src, "l"))
+        os.symlink("d", os.path.join(src, "l"))
+    elif change == "rename":
+        os.rename(b, b + "2")
+    elif change == "hard link":
+        os.link(b, os.path.join(src, "f", "h"))
+    elif change == "empty directory":
+        os.mkdir(os.path.join(e, "new"))
+    elif change == "fifo":
+        os.mkfifo(os.path.join(e, "p"))
+    _walk_all(src)
+    after, fresh = tree_of(store, src), tree_of(Store.init(str(tmp_path / "fresh")), src)
+    assert after == fresh
+    if change == "read a file (atime)" and os.stat(b).st_atime_ns == os.stat(b).st_mtime_ns - 10**9:
+        return  # a noatime mount: the read moved nothing
+    assert after != before
+
+
+def damage_in_place(store, d: bytes) -> None:
+    """Flip the first byte of object ``d`` where it lies (a file of the local store, the S3 object
+    of the scale-out one): same size, other bytes."""
+    if hasattr(store.objects, "s3"):
+        import obstore
+
+        key = store.objects.key(d)
+        data = bytearray(bytes(obstore.get(store.objects.s3, key).bytes()))
+        data[0] ^= 1
+        obstore.put(store.objects.s3, key, bytes(data))
+        return
+    with open(store.objects.path(d), "r+b") as f:
+        first = f.read(1)
+        f.seek(0)
+        f.write(bytes([first[0] ^ 1]))
+
+
+def test_a_damaged_tree_of_an_unchanged_directory_is_written_again(store, mktree, tmp_path, monkeypatch):
+    """Invariant 2 for trees: a directory's record names its tree only while the tree object is
+    the very file put wrote; one damaged in place is encoded and written again (healed)."""
+    src = mktree(tmp_path / "src", REUSE_TREE)
+    real_time = put_mod.time.time
+    monkeypatch.setattr(put_mod.time, "time", lambda: real_time() + 100)
+    _walk_all(src)
+    v, _ = put(store, "ds", src)
+    tree_f = repo.lookup(store, v, "f").digest
+    damage_in_place(store, tree_f)
+    assert not store.objects.verify(tree_f)
+    trees = spy_write_tree(monkeypatch)
+    put(store, "ds", src)
+    assert trees == [[b"g"]]  # f alone: its record's stamp no longer matches the object
+    assert store.objects.verify(tree_f)
+
+
 def test_put_rejects_bad_input(store, mktree, tmp_path):
     src = mktree(tmp_path / "src", {"a": b"1"})
     with pytest.raises(BadInput):

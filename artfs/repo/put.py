@@ -12,7 +12,11 @@ kept as groups; xattrs, atime and the root directory's own metadata are
 recorded.
 
 Files whose (device, inode, size, mtime, ctime) match the stat cache are not
-read again (the cache is written only once the version exists).
+read again (the cache is written only once the version exists).  Neither is a
+directory's tree encoded again when every child stats as it did and names the
+same content: its record in the stat cache names the tree.  Either is trusted
+only while its object is the very file the cache saw (DESIGN §5, invariant 2:
+a re-put heals a damaged object).
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ import os
 import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+import msgpack
 
 from ..errors import BadInput, NoSpace
 from ..names import quote
@@ -97,12 +103,56 @@ def _stat_key(st) -> str:
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
+_DIR_REC = b"\0dir"  # a directory's record in the stat cache: no path holds a NUL
+
+
+def _dir_key(children, known: dict, results: dict) -> str | None:
+    """What a directory's tree is made of, as far as stat shows it: every child's lstat fields
+    (ctime moves with xattrs, mode, owner and links), a file's content digest, a symlink's
+    target and a subdirectory's own result.  None when the tree cannot be reused by its key: a
+    child with more than one link (its hard-link group depends on other directories)."""
+    rows = []
+    for p, st, full in children:
+        m = st.st_mode
+        row = (p[-1], m, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
+        if stat.S_ISDIR(m):
+            rows.append(row + results[p])
+            continue
+        if st.st_nlink > 1:
+            return None
+        row += (st.st_size, st.st_rdev, st.st_nlink)
+        if stat.S_ISREG(m):
+            row += known[full]
+        elif stat.S_ISLNK(m):
+            try:
+                row += (os.readlink(full),)
+            except OSError:
+                return None
+        rows.append(row)
+    return blake(b"artfs-put-dir\0" + fmt.FORMAT_BYTE + msgpack.packb(rows, use_bin_type=True)).hex()
+
+
+def _dir_record(row) -> tuple | None:
+    """(key, tree stamp, (tree, ident, nfiles, nbytes)) of a directory's stat-cache row."""
+    try:
+        key, _, stamp = row[0].partition("|")
+        tree, ident, nfiles, nbytes = row[1].split(":")
+        return key, stamp, (bytes.fromhex(tree), bytes.fromhex(ident), int(nfiles), int(nbytes))
+    except ValueError:
+        return None
+
+
 def build_tree_from_dir(store, batch, src: str, progress=None, cache_before: float | None = None,
                         reject_control: bool = True, cache_rows: list | None = None) -> tuple[Entry, dict]:
     """Store a local directory's files and trees in ``batch``; returns (its DIR entry, link table).
 
-    With ``cache_rows``, files not yet in the stat cache are appended to it as rows for
-    ``meta.filecache_put``, for the caller to record once the version exists."""
+    A directory whose children all stat as when a version was last made from it, with the same
+    content digests, and whose tree object is still the very file then written, is not encoded
+    again: its tree is named as it was (the record is kept in the stat cache).
+
+    With ``cache_rows``, files not yet in the stat cache (and directories whose trees were
+    encoded) are appended to it as rows for ``meta.filecache_put``, for the caller to record once
+    the version exists."""
     root = os.fsencode(os.path.realpath(src))
     root_st = os.stat(root)  # before the scan reads it (and, with relatime, moves its atime)
     root_x = read_xattrs(root, follow=True)
@@ -112,7 +162,16 @@ def build_tree_from_dir(store, batch, src: str, progress=None, cache_before: flo
     if reject_control and any(p == (CONTROL_DIR,) for p, _, _ in items):
         raise BadInput(f"{quote(os.path.join(root, CONTROL_DIR))}: the name .artfs is reserved")
     files = [(p, st, full) for p, st, full in items if stat.S_ISREG(st.st_mode)]
-    cache = store.meta.filecache_get([full for _, _, full in files])
+    dirs = [(p, full) for p, st, full in items if stat.S_ISDIR(st.st_mode)]
+    dirs.reverse()  # deepest first
+    dirs.append(((), root))
+    cache = store.meta.filecache_get([full for _, _, full in files] + [full + _DIR_REC for _, full in dirs])
+    recs = {}
+    for _, full in dirs:
+        row = cache.get(full + _DIR_REC)
+        rec = _dir_record(row) if row else None
+        if rec:
+            recs[full] = rec
     known: dict[bytes, tuple] = {}
     maybe = {}
     for p, st, full in files:
@@ -122,8 +181,9 @@ def build_tree_from_dir(store, batch, src: str, progress=None, cache_before: flo
             maybe[full] = (bytes.fromhex(d), bytes.fromhex(ch) if ch else None, c[0].partition("|")[2])
     # a cached digest is trusted only while its object is the very file the cache saw (a
     # damaged object -- rewritten, truncated -- has another stamp: the source is read again and
-    # the object healed)
-    stamps = store.objects.stamps({x for m in maybe.values() for x in m[:2] if x is not None})
+    # the object healed); so is a directory's tree
+    stamps = store.objects.stamps({x for m in maybe.values() for x in m[:2] if x is not None}
+                                  | {r[2][0] for r in recs.values()})
     todo = []
     for p, st, full in files:
         m = maybe.get(full)
@@ -176,16 +236,14 @@ def build_tree_from_dir(store, batch, src: str, progress=None, cache_before: flo
             seen[(st.st_dev, st.st_ino)] = seen.get((st.st_dev, st.st_ino), 0) + 1
     links: dict[bytes, list] = {}
 
-    dirs: dict[tuple, list[Entry]] = {(): []}
-    order = []
-    for p, st, full in items:
+    def entry(p, st, full) -> Entry:
         mode = stat.S_IMODE(st.st_mode)
         common = dict(name=p[-1], mode=mode, uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
                       atime_ns=st.st_atime_ns)
         if stat.S_ISDIR(st.st_mode):
-            dirs[p] = []
-            order.append((p, st, full))
-            continue
+            tree, ident, nfiles, nbytes = results[p]
+            return Entry(kind=DIR, size=nbytes, digest=tree, ident=ident, nfiles=nfiles, xattrs=read_xattrs(full),
+                         **common)
         hlid = None
         if seen.get((st.st_dev, st.st_ino), 0) > 1:
             hlid = _hlid(st)
@@ -195,39 +253,58 @@ def build_tree_from_dir(store, batch, src: str, progress=None, cache_before: flo
                 target = os.readlink(full)
             except OSError as exc:
                 raise _err(full, exc) from None
-            e = Entry(kind=SYMLINK, size=len(target), target=target, xattrs=read_xattrs(full), hlid=hlid, **common)
-        elif stat.S_ISREG(st.st_mode):
+            return Entry(kind=SYMLINK, size=len(target), target=target, xattrs=read_xattrs(full), hlid=hlid, **common)
+        if stat.S_ISREG(st.st_mode):
             d, n, chunks = known[full]
             x = xattrs_of[full] if full in xattrs_of else read_xattrs(full)
-            e = Entry(kind=FILE, size=n, digest=d, chunks=chunks, xattrs=x, hlid=hlid, **common)
-        else:
-            kind = fmt.KIND_OF_FMT.get(stat.S_IFMT(st.st_mode))
-            if kind is None:
-                raise BadInput(f"unsupported file type: {quote(full)}")
-            e = Entry(kind=kind, rdev=st.st_rdev if kind in (fmt.CHR, fmt.BLK) else 0, xattrs=read_xattrs(full),
-                      hlid=hlid, **common)
-        dirs[p[:-1]].append(e)
-    for p, st, full in reversed(order):  # deepest first
-        ents = dirs.pop(p)
-        meta = Entry(p[-1], DIR, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, 0, st.st_mtime_ns, st.st_atime_ns,
-                     xattrs=read_xattrs(full))
-        dirs[p[:-1]].append(store.write_dir(batch, meta, ents))
+            return Entry(kind=FILE, size=n, digest=d, chunks=chunks, xattrs=x, hlid=hlid, **common)
+        kind = fmt.KIND_OF_FMT.get(stat.S_IFMT(st.st_mode))
+        if kind is None:
+            raise BadInput(f"unsupported file type: {quote(full)}")
+        return Entry(kind=kind, rdev=st.st_rdev if kind in (fmt.CHR, fmt.BLK) else 0, xattrs=read_xattrs(full),
+                     hlid=hlid, **common)
+
+    kids: dict[tuple, list] = {p: [] for p, _ in dirs}
+    for item in items:
+        kids[item[0][:-1]].append(item)
+    results: dict[tuple, tuple] = {}  # a directory's (tree, ident, nfiles, nbytes)
+    fresh_dirs = []
+    for p, full in dirs:  # deepest first: a directory's key needs its subdirectories' results
+        children = kids[p]
+        key = _dir_key(children, known, results)
+        rec = recs.get(full)
+        if key is not None and rec is not None and rec[0] == key and stamps.get(rec[2][0]) == rec[1]:
+            results[p] = rec[2]
+            continue
+        results[p] = store.write_tree(batch, [entry(*c) for c in children])
+        if key is not None and cache_before is not None and all(
+                st.st_mtime_ns / 1e9 < cache_before and st.st_ctime_ns / 1e9 < cache_before for _, st, _ in children):
+            fresh_dirs.append((full, key, results[p]))
+    for paths in links.values():
+        paths.sort()
     st = root_st
-    meta = Entry(b"", DIR, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, 0, st.st_mtime_ns, st.st_atime_ns,
-                 xattrs=root_x)
-    rootent = store.write_dir(batch, meta, dirs[()])
+    tree, ident, nfiles, nbytes = results[()]
+    rootent = Entry(b"", DIR, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, nbytes, st.st_mtime_ns, st.st_atime_ns,
+                    digest=tree, ident=ident, nfiles=nfiles, xattrs=root_x)
     if cache_rows is not None and cache_before is not None:
         fresh = {full for _, full in todo}
         rows = [(full, st) for p, st, full in files
                 if full in fresh and st.st_mtime_ns / 1e9 < cache_before and st.st_ctime_ns / 1e9 < cache_before]
-        cache_rows.append(("stamps-after-close", rows, known))
+        cache_rows.append(("files", rows, known))
+        cache_rows.append(("dirs", fresh_dirs, None))
     return rootent, links
 
 
 def cache_rows_for(store, pending: list) -> list[tuple]:
     """The stat cache's rows once the objects are in place (their stamps known)."""
     out = []
-    for _, rows, known in pending:
+    for kind, rows, known in pending:
+        if kind == "dirs":
+            stamps = store.objects.stamps({r[2][0] for r in rows})
+            for full, key, (tree, ident, nfiles, nbytes) in rows:
+                if tree in stamps:
+                    out.append((full + _DIR_REC, key + "|" + stamps[tree], f"{tree.hex()}:{ident.hex()}:{nfiles}:{nbytes}"))
+            continue
         stamps = store.objects.stamps({known[full][0] for full, _ in rows})
         for full, st in rows:
             d, _, chunks = known[full]

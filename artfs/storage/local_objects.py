@@ -172,7 +172,7 @@ class LocalObjectStore(ObjectStore):
 
     def path(self, d: bytes) -> str:
         h = d.hex()
-        return os.path.join(self.obj_dir, h[:2], h[2:])
+        return f"{self.obj_dir}/{h[:2]}/{h[2:]}"  # os.path.join's checks cost a third of a stat
 
     def batch(self) -> LocalBatch:
         return LocalBatch(self)

@@ -216,15 +216,22 @@ class Store:
         return hit
 
     @staticmethod
-    def write_dir(batch, meta: fmt.Entry, entries) -> fmt.Entry:
-        """Store a directory in ``batch``; returns ``meta`` (the directory's own entry) as a DIR
-        entry naming the tree, with the file count and byte total of everything below."""
+    def write_tree(batch, entries) -> tuple[bytes, bytes, int, int]:
+        """Store a directory's tree in ``batch``; returns (tree digest, identity digest, files
+        and references below, their bytes)."""
         ents = list(entries)
         tree = batch.put_bytes(fmt.encode_tree(ents))
         counted = (fmt.FILE, fmt.REF)
         nfiles = sum(x.nfiles if x.kind == fmt.DIR else int(x.kind in counted) for x in ents)
         nbytes = sum(x.size for x in ents if x.kind == fmt.DIR or x.kind in counted)
-        return meta.with_(kind=fmt.DIR, digest=tree, ident=fmt.tree_identity(ents), nfiles=nfiles, size=nbytes,
+        return tree, fmt.tree_identity(ents), nfiles, nbytes
+
+    @staticmethod
+    def write_dir(batch, meta: fmt.Entry, entries) -> fmt.Entry:
+        """Store a directory in ``batch``; returns ``meta`` (the directory's own entry) as a DIR
+        entry naming the tree, with the file count and byte total of everything below."""
+        tree, ident, nfiles, nbytes = Store.write_tree(batch, entries)
+        return meta.with_(kind=fmt.DIR, digest=tree, ident=ident, nfiles=nfiles, size=nbytes,
                           dir_id=None, scratch=None, link=None, nlink=1, ctime_ns=0, chunks=None, hlid=None)
 
     # -- this machine's state -------------------------------------------------------
