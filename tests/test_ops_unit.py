@@ -477,11 +477,13 @@ def test_commit_holds_back_changes_and_writes_but_not_reads(seeded, monkeypatch,
 
 
 def test_commit_waits_for_a_change_in_flight(seeded, monkeypatch):
-    """A change already being persisted when a commit starts is wholly in the version."""
+    """A change already being persisted in a worker thread (the database was busy, so not on
+    the loop) when a commit starts is wholly in the version."""
 
     async def main():
         ops = draft_ops(seeded)
         d = ops.vfs.draft
+        monkeypatch.setattr(d, "try_persist_now", lambda ch: False)
         persisting, go = trio.Event(), trio.Event()
         real_persist = d.persist
 
@@ -515,6 +517,169 @@ def test_commit_waits_for_a_change_in_flight(seeded, monkeypatch):
         assert out == ["mkdir", "ds:v1"]
         assert "early" in version_paths(seeded, "ds:v1")
         assert status(ops) == []
+
+    run(main)
+
+
+# -- draft changes on the loop ---------------------------------------------------------------------
+#
+# A local store records a draft change on the trio thread when SQLite can do it without waiting
+# (SqliteMeta.nowait), else in a worker thread: the loop never waits for another writer.
+
+def test_a_change_goes_to_a_worker_thread_while_another_writer_holds_the_database(seeded):
+    """With the database locked by another writer, a create neither blocks the loop (a lookup
+    is answered meanwhile) nor fails: it waits in a worker thread and is recorded once the lock
+    is gone, with its scratch file intact."""
+    import sqlite3
+
+    async def main():
+        ops = draft_ops(seeded)
+        other = sqlite3.connect(seeded.meta.path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        out = []
+
+        async def create():
+            fi, a = await ops.create(ROOT_INO, b"new", 0o100644, os.O_WRONLY, CTX)
+            out.append(a.st_ino)
+            await ops.write(fi.fh, 0, b"written after the wait")
+            await ops.release(fi.fh)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(create)
+                await trio.testing.wait_all_tasks_blocked()
+                assert out == []  # waiting in a worker thread, not on the loop:
+                assert (await ops.lookup(ROOT_INO, b"b", CTX)).st_size == 4  # the loop answers
+                other.execute("COMMIT")
+        finally:
+            if other.in_transaction:
+                other.execute("ROLLBACK")
+            other.close()
+        assert out and status(ops) == ["A new"]
+        assert not seeded.meta.db.in_transaction
+        await trio.to_thread.run_sync(ops.vfs.store.meta.durable)
+        with trio.fail_after(5):
+            assert await read_back(ops, b"new") == b"written after the wait"
+
+    run(main)
+
+
+async def read_back(ops, name: bytes) -> bytes:
+    e = await ops.lookup(ROOT_INO, name, CTX)
+    fi = await ops.open(e.st_ino, os.O_RDONLY, CTX)
+    try:
+        return await ops.read(fi.fh, 0, 1 << 16)
+    finally:
+        await ops.release(fi.fh)
+
+
+def test_nowait_never_waits_and_hands_every_nth_transaction_to_a_worker(store):
+    """SqliteMeta.nowait: another writer's lock is Busy at once with nothing changed and no
+    transaction left open; its connection never checkpoints (a checkpoint writes and syncs the
+    database file) -- so every NOWAIT_HANDOFF-th transaction is handed to a worker thread, whose
+    connection does; the thread's own connection keeps waiting for locks as before."""
+    import sqlite3
+
+    from artfs.storage import sqlite_meta
+    from artfs.storage.meta import Busy
+
+    meta = store.meta
+    if not hasattr(meta, "nowait"):
+        pytest.skip("the scale-out store records drafts in PostgreSQL, off the loop")
+    other = sqlite3.connect(meta.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(Busy):
+            with meta.nowait():
+                with meta.tx() as db:
+                    db.execute("INSERT OR REPLACE INTO info VALUES('nowait-test', 'x')")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert meta.db.execute("SELECT value FROM info WHERE key='nowait-test'").fetchone() is None
+    meta._nowait_count = 0
+    handed = []
+    for i in range(2 * sqlite_meta.NOWAIT_HANDOFF):
+        try:
+            with meta.nowait():
+                fast = meta.db
+                with meta.tx() as db:
+                    db.execute("INSERT OR REPLACE INTO info VALUES('nowait-test', ?)", (str(i),))
+        except Busy:
+            handed.append(i)
+    assert handed == [sqlite_meta.NOWAIT_HANDOFF - 1, 2 * sqlite_meta.NOWAIT_HANDOFF - 1]
+    assert fast is not meta.db and not fast.in_transaction
+    assert fast.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+    assert fast.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    assert meta.db.execute("PRAGMA busy_timeout").fetchone()[0] == sqlite_meta.BUSY_TIMEOUT_MS
+    assert meta.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] > 0
+
+
+def test_a_big_commit_gives_its_memory_back(seeded, monkeypatch):
+    """After a commit of at least TRIM_AFTER files, once the commit's request has returned, the
+    daemon collects garbage and trims the C heap (artfs.fuse.heap); a small commit does not."""
+    from artfs.fuse import heap
+
+    monkeypatch.setattr(ops_mod, "TRIM_AFTER", 3)
+    trims = []
+    monkeypatch.setattr(heap, "trim", lambda: trims.append(1))
+
+    async def main():
+        ops = draft_ops(seeded)
+        scheduled = []
+
+        async def spy():
+            scheduled.append(1)
+
+        real = ops._give_back_memory
+        ops._give_back_memory = spy
+        async with trio.open_nursery() as nursery:
+            ops.start(nursery)
+            for name in (b"x1", b"x2", b"x3"):
+                fi, _ = await ops.create(ROOT_INO, name, 0o100644, os.O_WRONLY, CTX)
+                await ops.write(fi.fh, 0, b"data " + name)
+                await ops.release(fi.fh)
+            assert await ops.commit(None) == "ds:v1"
+            await trio.testing.wait_all_tasks_blocked()
+            assert scheduled == [1]
+            fi, _ = await ops.create(ROOT_INO, b"y", 0o100644, os.O_WRONLY, CTX)
+            await ops.release(fi.fh)
+            assert await ops.commit(None) == "ds:v2"
+            await trio.testing.wait_all_tasks_blocked()
+            assert scheduled == [1]  # one file: nothing to give back
+            nursery.cancel_scope.cancel()
+        await real()
+        assert trims == [1]
+
+    run(main)
+
+
+def test_inode_numbers_outlive_a_commit_that_does_not_read_them_again(seeded, monkeypatch):
+    """A commit keeps the draft's inode numbers (pins) in memory instead of reading every one of
+    them back (at 100k names most of what a commit after one edit cost): a name created before
+    the commit has the same number after it -- forgotten and looked up again, and in a new
+    mount of the draft, which reads them from the store."""
+    calls = []
+    real_state = seeded.meta.draft_state
+    monkeypatch.setattr(seeded.meta, "draft_state", lambda *a, **k: calls.append(k.get("pins", True)) or
+                        real_state(*a, **k))
+
+    async def main():
+        ops = draft_ops(seeded)
+        fi, a = await ops.create(ROOT_INO, b"n", 0o100644, os.O_WRONLY, CTX)
+        await ops.release(fi.fh)
+        b = (await ops.lookup(ROOT_INO, b"b", CTX)).st_ino
+        calls.clear()
+        assert await ops.commit(None) == "ds:v1"
+        assert calls == [False]
+        await ops.forget([(a.st_ino, 1), (b, 1)])
+        assert (await ops.lookup(ROOT_INO, b"n", CTX)).st_ino == a.st_ino
+        assert (await ops.lookup(ROOT_INO, b"b", CTX)).st_ino == b
+        await unmount(ops)
+        _MOUNTED.remove(ops)
+        again = draft_ops(seeded)
+        assert (await again.lookup(ROOT_INO, b"n", CTX)).st_ino == a.st_ino
+        assert (await again.lookup(ROOT_INO, b"b", CTX)).st_ino == b
 
     run(main)
 

@@ -72,6 +72,7 @@ class MountCollab:
                 self.finished, dead = await trio.to_thread.run_sync(self._finish_blocking, message)
                 await ops.start_clean(dead)
                 await ops.after_commit(old_base)
+                ops.give_back_memory(len(dead))
         finally:
             ops.gate.open()
         log.info("finished %s", self.finished)

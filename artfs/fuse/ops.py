@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import gc
 import logging
 import os
 import stat
@@ -39,6 +40,7 @@ from ..repo import staging
 from ..errors import NotPermitted
 from ..storage.format import BLK, CHR, DIR, FIFO, FILE, REF, SOCK, SYMLINK
 from ..repo.content import read_cached
+from . import heap
 from .readahead import ReadAhead
 from .scratch_pool import ScratchPool
 from .vfs import CTL_NAME, ROOT_INO, SMALL_FILE, BaseVFS
@@ -51,6 +53,7 @@ CTL_NAMES = {v: k for k, v in CTL_FILES.items()}
 CTL_FH_BASE = 1 << 48
 RO_TIMEOUT = 3600.0
 DRAFT_TIMEOUT = 10.0
+TRIM_AFTER = 1024  # files committed at once before the heap is trimmed (artfs.fuse.heap)
 REF_READ_TIMEOUT = 60.0  # a file:// reference on a hung network file system fails with EIO, not a hang
 KIND_OF_MODE = {stat.S_IFREG: FILE, stat.S_IFIFO: FIFO, stat.S_IFCHR: CHR, stat.S_IFBLK: BLK, stat.S_IFSOCK: SOCK}
 
@@ -211,9 +214,13 @@ class Operations(pyfuse3.Operations):
         self.owner_gid = os.getgid() if owner_gid is None else owner_gid
         self.readahead = ReadAhead(vfs.store, SMALL_FILE)  # these two are active once start() is called
         self.scratch_pool = ScratchPool(vfs.draft) if vfs.draft is not None else None
+        self.nursery: trio.Nursery | None = None
+        # a local store's draft changes are recorded on the loop when the database is free
+        self.inline_meta = vfs.draft is not None and hasattr(vfs.store.meta, "nowait")
 
     def start(self, nursery: trio.Nursery) -> None:
         """Let background work (read-ahead, scratch files made ahead) run in ``nursery``."""
+        self.nursery = nursery
         self.readahead.start(nursery)
         if self.scratch_pool is not None:
             self.scratch_pool.start(nursery)
@@ -345,7 +352,11 @@ class Operations(pyfuse3.Operations):
         _name_ok(name)
 
     async def _persist(self, ch) -> None:
-        await trio.to_thread.run_sync(self.vfs.draft.persist, ch)
+        """One metadata transaction for a planned change: on the loop when the store can do it
+        without waiting (no worker-thread trip), else in a worker thread."""
+        d = self.vfs.draft
+        if not d.try_persist_now(ch):
+            await trio.to_thread.run_sync(d.persist, ch)
 
     async def _make(self, parent_inode, name, kind, mode, ctx, rdev=0, target=None):
         """create / mknod / mkdir / symlink: a new name (and, for a regular file, its scratch file,
@@ -365,7 +376,17 @@ class Operations(pyfuse3.Operations):
                 if made:  # untouched: back to the pool
                     self.scratch_pool.give_back(sname)
                 raise
-            sf = await trio.to_thread.run_sync(d.create_and_persist, ch, sname, made)
+            if not self.inline_meta:
+                sf = await trio.to_thread.run_sync(d.create_and_persist, ch, sname, made)
+                return vfs.apply_create(ch, parent_inode, name, sf)
+            # a local store: the scratch file (made ahead: an open) and the transaction on the loop
+            sf = d.create_scratch_for(sname, made) if sname is not None else None
+            try:
+                await self._persist(ch)
+            except BaseException:
+                if sf is not None:
+                    sf.close()
+                raise
             return vfs.apply_create(ch, parent_inode, name, sf)
 
     @fuse_handler
@@ -807,6 +828,7 @@ class Operations(pyfuse3.Operations):
                 result = await trio.to_thread.run_sync(repo.commit_draft, vfs.store, d, message)
                 await self.start_clean(list(result.done))
                 await self.after_commit(old_base if result.rebased_from is not None else None)
+                self.give_back_memory(len(result.done))
         finally:
             self.gate.open()
         log.info("committed %s", d.outcome)
@@ -817,13 +839,26 @@ class Operations(pyfuse3.Operations):
         worker thread and install it here, on the loop, so no request sees half of it; adopt the
         new parent's hard-link groups; delete the scratch files the reset retired."""
         d = self.vfs.draft
-        d.install(await trio.to_thread.run_sync(d.fetch))
+        d.install(await trio.to_thread.run_sync(d.fetch, True))  # the pins stay as they are
         if not d.links_adopted:
             ch = d.plan_noop()
             await self._persist(ch)
             d.apply(ch)
         d.dead.extend(dead)
         await trio.to_thread.run_sync(d.flush_dead)
+
+    def give_back_memory(self, committed: int) -> None:
+        """After a commit of ``committed`` files: what its trees and the draft's old state took
+        is free once the commit's request has returned; then give it back to the kernel, when
+        that was much (a full collection also empties Python's free lists)."""
+        if committed >= TRIM_AFTER and self.nursery is not None:
+            self.nursery.start_soon(self._give_back_memory)
+
+    async def _give_back_memory(self) -> None:
+        async with self.mutex:  # runs once the commit let go of it (and of its locals)
+            pass
+        gc.collect()
+        await trio.to_thread.run_sync(heap.trim)
 
     async def after_commit(self, merged_from: bytes | None) -> None:
         """Handles of committed files go back to stored content; after a merge with newer

@@ -28,6 +28,11 @@ from abc import ABC, abstractmethod
 ANY = "any"  # create_version(expected=ANY): no compare-and-set (put replaces whatever is latest)
 
 
+class Busy(Exception):
+    """Another writer holds the metadata store, and the caller asked not to wait (a store's
+    ``nowait()``, where it has one): nothing was changed."""
+
+
 class MetaStore(ABC):
     # -- row decoding shared by the back ends (their SQL differs, their rows do not) --------
     @staticmethod
@@ -160,10 +165,12 @@ class MetaStore(ABC):
         """Create the draft ``key`` unless it exists; returns its row (ids never reused)."""
 
     @abstractmethod
-    def draft_state(self, draft_id: int) -> dict:
+    def draft_state(self, draft_id: int, pins: bool = True) -> dict:
         """``{"dirs": {dir_id: base hex|None}, "entries": [(dir_id, name, rec)],
         "inodes": {ino: rec}, "pins": {(dir_id, name): ino}}`` (the root record is
-        the entry (0, b"")).  O(changes)."""
+        the entry (0, b"")).  O(changes), and O(names ever looked up) for the pins;
+        ``pins=False`` leaves those out (``None``): they outlive commits, so an owner that
+        holds them need not read them again after one."""
 
     @abstractmethod
     def draft_apply(self, draft_id: int, ops: list, next_ino: int | None = None,

@@ -643,7 +643,7 @@ class PgMeta(MetaStore):
 
         return self._tx(fn)
 
-    def draft_state(self, draft_id: int) -> dict:
+    def draft_state(self, draft_id: int, pins: bool = True) -> dict:
         def fn(cur):
             dirs = {r["dir_id"]: r["base"] for r in cur.execute(
                 "SELECT dir_id, base FROM draft_dirs WHERE draft_id=%s", (draft_id,))}
@@ -651,9 +651,9 @@ class PgMeta(MetaStore):
                 "SELECT dir_id, name, rec FROM draft_entries WHERE draft_id=%s", (draft_id,))]
             inodes = {r["ino"]: bytes(r["rec"]) for r in cur.execute(
                 "SELECT ino, rec FROM draft_inodes WHERE draft_id=%s", (draft_id,))}
-            pins = {(r["dir_id"], bytes(r["name"])): r["ino"] for r in cur.execute(
-                "SELECT dir_id, name, ino FROM draft_pins WHERE draft_id=%s", (draft_id,))}
-            return {"dirs": dirs, "entries": entries, "inodes": inodes, "pins": pins}
+            pins_ = {(r["dir_id"], bytes(r["name"])): r["ino"] for r in cur.execute(
+                "SELECT dir_id, name, ino FROM draft_pins WHERE draft_id=%s", (draft_id,))} if pins else None
+            return {"dirs": dirs, "entries": entries, "inodes": inodes, "pins": pins_}
 
         return self._read(fn)
 

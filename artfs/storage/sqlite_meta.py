@@ -25,13 +25,16 @@ import time
 from contextlib import contextmanager
 
 from ..errors import Conflict, NoSpace, NotFound, SchemaMismatch, Stale
-from .meta import ANY, MetaStore
+from .meta import ANY, Busy, MetaStore
 from .sqlite_pending import PENDING_SCHEMA, PendingMeta
 from .sqlite_runs import RUNS_SCHEMA, RunsMeta
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 120_000
 SQLITE_FULL = 13
+SQLITE_BUSY, SQLITE_LOCKED = 5, 6
+NOWAIT_HANDOFF = 512  # see SqliteMeta.nowait
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS info(key TEXT PRIMARY KEY, value TEXT);
@@ -100,27 +103,57 @@ class SqliteMeta(PendingMeta, RunsMeta, MetaStore):
     def db(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            fresh = not os.path.exists(self.path)
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
-                                   check_same_thread=False)
-            if fresh:
-                try:
-                    os.chmod(self.path, 0o600)
-                except OSError:
-                    pass
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            switch_to_wal(conn, BUSY_TIMEOUT_MS / 1000)
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn = self._connect()
             self._local.conn = conn
             self._local.pid = os.getpid()
         return conn
 
+    def _connect(self) -> sqlite3.Connection:
+        fresh = not os.path.exists(self.path)
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                               check_same_thread=False)
+        if fresh:
+            try:
+                os.chmod(self.path, 0o600)
+            except OSError:
+                pass
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        switch_to_wal(conn, BUSY_TIMEOUT_MS / 1000)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        for attr in ("conn", "nowait_conn"):
+            conn = getattr(self._local, attr, None)
+            if conn is not None:
+                conn.close()
+                setattr(self._local, attr, None)
+
+    @contextmanager
+    def nowait(self):
+        """Transactions in this block never wait: another writer's lock is :class:`Busy` at once
+        (nothing changed), and they never checkpoint the WAL (a checkpoint writes and syncs the
+        database file).  For an event loop's own thread, whose caller then retries in a worker
+        thread (DESIGN §7: blocking work off the loop).  Every ``NOWAIT_HANDOFF``-th
+        transaction is handed off that way on purpose, so that a worker's connection
+        checkpoints the WAL now and then.  Same durability as :meth:`tx` (synchronous=NORMAL)."""
+        loc = self._local
+        self._nowait_count = getattr(self, "_nowait_count", 0) + 1
+        if self._nowait_count % NOWAIT_HANDOFF == 0:
+            raise Busy("handed to a worker thread (WAL checkpoint)")
+        fast = getattr(loc, "nowait_conn", None)
+        if fast is None or getattr(loc, "nowait_pid", None) != os.getpid():
+            fast = self._connect()
+            fast.execute("PRAGMA busy_timeout=0")
+            fast.execute("PRAGMA wal_autocheckpoint=0")
+            loc.nowait_conn, loc.nowait_pid = fast, os.getpid()
+        saved = getattr(loc, "conn", None), getattr(loc, "pid", None)
+        loc.conn, loc.pid = fast, os.getpid()
+        try:
+            yield  # tx() raises Busy (not an OperationalError: callers clean up after those)
+        finally:
+            loc.conn, loc.pid = saved
 
     @contextmanager
     def tx(self, durable: bool = False):
@@ -139,6 +172,11 @@ class SqliteMeta(PendingMeta, RunsMeta, MetaStore):
                 raise
             db.execute("COMMIT")
         except sqlite3.OperationalError as exc:
+            if db is getattr(self._local, "nowait_conn", None) and (
+                    getattr(exc, "sqlite_errorcode", None) in (SQLITE_BUSY, SQLITE_LOCKED) or "locked" in str(exc)):
+                if db.in_transaction:  # a COMMIT refused: nothing of it stays
+                    db.execute("ROLLBACK")
+                raise Busy(str(exc)) from None
             if (getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL or "disk is full" in str(exc)
                     or ("disk I/O error" in str(exc) and self._disk_full())):
                 if db.in_transaction:
@@ -436,7 +474,7 @@ class SqliteMeta(PendingMeta, RunsMeta, MetaStore):
             db.execute("INSERT INTO draft_entries VALUES(?, 0, ?, ?)", (did, b"", root_rec))
         return self.draft(key)
 
-    def draft_state(self, draft_id: int) -> dict:
+    def draft_state(self, draft_id: int, pins: bool = True) -> dict:
         db = self.db
         return {
             "dirs": {r["dir_id"]: r["base"] for r in db.execute(
@@ -446,7 +484,7 @@ class SqliteMeta(PendingMeta, RunsMeta, MetaStore):
             "inodes": {r["ino"]: bytes(r["rec"]) for r in db.execute(
                 "SELECT ino, rec FROM draft_inodes WHERE draft_id=?", (draft_id,))},
             "pins": {(r["dir_id"], bytes(r["name"])): r["ino"] for r in db.execute(
-                "SELECT dir_id, name, ino FROM draft_pins WHERE draft_id=?", (draft_id,))},
+                "SELECT dir_id, name, ino FROM draft_pins WHERE draft_id=?", (draft_id,))} if pins else None,
         }
 
     def draft_apply(self, draft_id, ops, next_ino=None, links_adopted=None) -> None:
