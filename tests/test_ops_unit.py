@@ -573,6 +573,28 @@ async def read_back(ops, name: bytes) -> bytes:
         await ops.release(fi.fh)
 
 
+def test_a_big_change_is_recorded_in_a_worker_thread(seeded, monkeypatch):
+    """Only a small transaction runs on the loop (drafts.INLINE_MAX rows): a bigger one would
+    stall every other request meanwhile."""
+    import importlib
+
+    drafts_mod = importlib.import_module("artfs.repo.drafts")
+
+    async def main():
+        ops = draft_ops(seeded)
+        d = ops.vfs.draft
+        inline = []
+        real = d.try_persist_now
+        monkeypatch.setattr(d, "try_persist_now", lambda ch: inline.append(real(ch)) or inline[-1])
+        await ops.mkdir(ROOT_INO, b"small", 0o755, CTX)
+        monkeypatch.setattr(drafts_mod, "INLINE_MAX", 0)
+        await ops.mkdir(ROOT_INO, b"big", 0o755, CTX)
+        assert inline == [True, False]
+        assert sorted(status(ops)) == ["A big", "A small"]
+
+    run(main)
+
+
 def test_nowait_never_waits_and_hands_every_nth_transaction_to_a_worker(store):
     """SqliteMeta.nowait: another writer's lock is Busy at once with nothing changed and no
     transaction left open; its connection never checkpoints (a checkpoint writes and syncs the

@@ -199,6 +199,10 @@ class Change:
         return n
 
     # -- persisting and applying ---------------------------------------------------------
+    def size(self) -> int:
+        """About how many rows :meth:`ops` writes."""
+        return len(self.deldirs) + len(self.dirs) + len(self.ov) + len(self.inodes) + len(self.pins) + 1
+
     def ops(self) -> list:
         ops: list = [("deldir", x) for x in self.deldirs]
         ops += [("dir", x, b.hex() if b else None) for x, b in self.dirs.items() if x not in self.deldirs]
@@ -211,6 +215,9 @@ class Change:
         if self.root is not None:
             ops.append(("ent", 0, b"", fmt.encode_rec(self.root)))
         return ops
+
+
+INLINE_MAX = 64  # rows of a change Draft.try_persist_now writes on the calling thread at most
 
 
 class Draft:
@@ -685,7 +692,7 @@ class Draft:
         done, for the caller to :meth:`persist` in a worker thread.  An event loop's thread
         saves the worker-thread trip this way: a third of what a create costs."""
         nowait = getattr(self.meta, "nowait", None)
-        if nowait is None:
+        if nowait is None or ch.size() > INLINE_MAX:  # a big transaction would stall the loop
             return False
         try:
             with nowait():
