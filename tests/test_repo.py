@@ -311,6 +311,32 @@ def test_put_cache_skips_unchanged_files(store, mktree, tmp_path, monkeypatch):
     assert read(store, v, "f3") == b"changed"
 
 
+def test_put_cache_read_as_a_range_knows_exactly_the_same(store, mktree, tmp_path, monkeypatch):
+    """Many paths: the local store reads the stat cache's rows under the source as one range;
+    the answer is the same as path by path -- nothing of a sibling whose name merely starts the
+    same (src-other), nothing the caller did not ask for."""
+    if not hasattr(store.meta, "nowait"):
+        pytest.skip("the local store's range read")
+    from artfs.storage import sqlite_meta
+
+    real_time = put_mod.time.time
+    monkeypatch.setattr(put_mod.time, "time", lambda: real_time() + 100)
+    src = mktree(tmp_path / "src", {"a": b"1", "d/b": b"2", "d/e/c": b"3"})
+    other = mktree(tmp_path / "src-other", {"a": b"other"})
+    put(store, "ds", src)
+    put(store, "other", other)
+    root = os.fsencode(os.path.realpath(src))
+    asked = [os.path.join(root, b"a"), os.path.join(root, b"d", b"b"), os.path.join(root, b"nope"),
+             root + b"\0dir", os.path.join(root, b"d") + b"\0dir"]
+    one_by_one = store.meta.filecache_get(asked)
+    monkeypatch.setattr(sqlite_meta, "FILECACHE_RANGE_MIN", 0)
+    as_range = store.meta.filecache_get(asked, under=root)
+    assert as_range == one_by_one and len(as_range) == 4
+    calls = spy_put_fd(monkeypatch)
+    v, unchanged = put(store, "ds", src)
+    assert unchanged and calls == []
+
+
 def test_put_cache_is_not_trusted_for_fresh_files(store, mktree, tmp_path, monkeypatch):
     # a file modified within the clock's granularity of the put may change again unseen: re-read it
     src = mktree(tmp_path / "src", {"a": b"1"})

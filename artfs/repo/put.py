@@ -165,7 +165,7 @@ def build_tree_from_dir(store, batch, src: str, progress=None, cache_before: flo
     dirs = [(p, full) for p, st, full in items if stat.S_ISDIR(st.st_mode)]
     dirs.reverse()  # deepest first
     dirs.append(((), root))
-    cache = store.meta.filecache_get([full for _, _, full in files] + [full + _DIR_REC for _, full in dirs])
+    cache = store.meta.filecache_get([full for _, _, full in files] + [full + _DIR_REC for _, full in dirs], under=root)
     recs = {}
     for _, full in dirs:
         row = cache.get(full + _DIR_REC)

@@ -200,7 +200,9 @@ class MetaStore(ABC):
 
     # -- put's stat cache --------------------------------------------------------------------
     @abstractmethod
-    def filecache_get(self, paths: list[str]) -> dict[str, tuple]: ...
+    def filecache_get(self, paths: list[bytes], under: bytes | None = None) -> dict[bytes, tuple]:
+        """{path: (stat key, digest)} for those of ``paths`` the cache knows.  ``under``: every
+        path starts with it (a store may then read the range instead of each path)."""
 
     @abstractmethod
     def filecache_put(self, rows: list[tuple]) -> None: ...

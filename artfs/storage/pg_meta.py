@@ -743,7 +743,7 @@ class PgMeta(MetaStore):
             "SELECT id, base_links FROM drafts WHERE base_links IS NOT NULL")])
 
     # -- put's stat cache (per machine: paths and inode numbers mean nothing elsewhere) ------
-    def filecache_get(self, paths: list[bytes]) -> dict[bytes, tuple[str, str]]:
+    def filecache_get(self, paths: list[bytes], under: bytes | None = None) -> dict[bytes, tuple[str, str]]:
         if not paths:
             return {}
 

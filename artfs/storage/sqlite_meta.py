@@ -34,6 +34,7 @@ BUSY_TIMEOUT_MS = 120_000
 SQLITE_FULL = 13
 SQLITE_BUSY, SQLITE_LOCKED = 5, 6
 NOWAIT_HANDOFF = 512  # see SqliteMeta.nowait
+FILECACHE_RANGE_MIN = 2000  # paths from which filecache_get reads a range
 
 
 SCHEMA = """
@@ -568,10 +569,20 @@ class SqliteMeta(PendingMeta, RunsMeta, MetaStore):
             "SELECT id, base_links FROM drafts WHERE base_links IS NOT NULL")]
 
     # -- put's stat cache (path -> stat -> digest) ------------------------------
-    def filecache_get(self, paths: list[bytes]) -> dict[bytes, tuple[str, str]]:
+    def filecache_get(self, paths: list[bytes], under: bytes | None = None) -> dict[bytes, tuple[str, str]]:
         """{path: (stat key, digest hex)} for the paths the cache knows."""
         out = {}
         db = self.db
+        if under is not None and len(paths) > FILECACHE_RANGE_MIN:  # one range scan: half the time of lookups
+            want = set(paths)
+            cur = db.cursor()
+            cur.row_factory = None
+            for p, st, d in cur.execute("SELECT path, stat, digest FROM statcache WHERE path >= ? AND path < ?",
+                                        (under, under + b"\xff")):
+                p = bytes(p)
+                if p in want:
+                    out[p] = (st, d)
+            return out
         for i in range(0, len(paths), 500):
             chunk = paths[i:i + 500]
             q = "SELECT path, stat, digest FROM statcache WHERE path IN (%s)" % ",".join("?" * len(chunk))
