@@ -565,3 +565,29 @@ def test_corrupt_object_read_fails_eio(corrupt_store, tmp_path):
                 else:
                     assert got == data, f"{name} (read {attempt}): wrong bytes returned without an error"
                     pytest.fail(f"{name}: a corrupt object read without error")
+
+
+def test_put_of_a_directory_in_a_mount_reads_every_file_every_time(env, tmp_path, monkeypatch):
+    """A FUSE file system (an artfs read-only mount here) shows a name the same inode number and
+    times in every version it mounts: put's stat cache never trusts one (put.CTIME_TRUSTED), so a
+    second put of the same directory reads every file again and remembers nothing."""
+    from artfs import repo
+    from artfs.repo import put as put_mod
+    from artfs.storage.local_objects import LocalBatch
+    from artfs.storage.store import Store
+
+    st = Store.init(str(tmp_path / "copy-store"))
+    src = os.path.join(env.mnt, "sub")
+    real_time = put_mod.time.time
+    monkeypatch.setattr(put_mod.time, "time", lambda: real_time() + 100)  # old enough to be cached, elsewhere
+    try:
+        repo.put_dir(st, "copy", src)
+        calls = []
+        real = LocalBatch.put_fd
+        monkeypatch.setattr(LocalBatch, "put_fd", lambda self, fd, *a, **k: calls.append(fd) or real(self, fd, *a, **k))
+        v, unchanged = repo.put_dir(st, "copy", src)
+        files = [n for d, _, names in os.walk(src) for n in names if stat.S_ISREG(os.lstat(os.path.join(d, n)).st_mode)]
+        assert unchanged and files and len(calls) == len(files)
+        assert st.meta.filecache_get([os.fsencode(os.path.join(src, "one.txt"))]) == {}
+    finally:
+        st.meta.close()

@@ -376,6 +376,24 @@ def spy_write_tree(monkeypatch) -> list:
     return calls
 
 
+@pytest.mark.local_only
+def test_put_trusts_stat_only_on_file_systems_whose_ctime_the_kernel_keeps(store, mktree, tmp_path, monkeypatch):
+    """On a source whose file system may show an unchanged stat for other bytes or xattrs (FUSE:
+    artfs's own read-only mounts give a name the same inode and times in every version) put
+    reads every file and encodes every tree each time, and remembers nothing."""
+    src = mktree(tmp_path / "src", REUSE_TREE)
+    real_time = put_mod.time.time
+    monkeypatch.setattr(put_mod.time, "time", lambda: real_time() + 100)
+    monkeypatch.setattr(put_mod, "CTIME_TRUSTED", frozenset({0x65735546}))  # FUSE's f_type only
+    _walk_all(src)
+    put(store, "ds", src)
+    root = os.fsencode(os.path.realpath(src))
+    assert store.meta.filecache_get([os.path.join(root, b"a"), root + b"\0dir"]) == {}
+    calls, trees = spy_put_fd(monkeypatch), spy_write_tree(monkeypatch)
+    v, unchanged = put(store, "ds", src)
+    assert unchanged and len(calls) == 4 and len(trees) == 4  # every file and every directory
+
+
 def _walk_all(root: str) -> None:
     """List every directory and read every symlink, so that relatime has moved the atimes put's
     listing and readlink move before two puts compare what they saw."""

@@ -12,7 +12,8 @@ kept as groups; xattrs, atime and the root directory's own metadata are
 recorded.
 
 Files whose (device, inode, size, mtime, ctime) match the stat cache are not
-read again (the cache is written only once the version exists).  Neither is a
+read again (the cache is written only once the version exists; only on file
+systems whose kernel moves ctime on every change: :data:`CTIME_TRUSTED`).  Neither is a
 directory's tree encoded again when every child stats as it did and names the
 same content: its record in the stat cache names the tree.  Either is trusted
 only while its object is the very file the cache saw (DESIGN §5, invariant 2:
@@ -32,6 +33,7 @@ from ..errors import BadInput, NoSpace
 from ..names import quote
 from ..refs import check_artifact_name
 from ..storage import format as fmt
+from ..storage.durable import SYNCFS_TRUSTED, TMPFS, fs_type
 from ..storage.format import DIR, FILE, SYMLINK, Entry
 from ..storage.hashing import digest as blake
 from ..storage.meta import ANY
@@ -106,6 +108,32 @@ def _stat_key(st) -> str:
 _DIR_REC = b"\0dir"  # a directory's record in the stat cache: no path holds a NUL
 
 
+#: File systems whose kernel moves an inode's ctime on every change of it (bytes, xattrs, mode,
+#: owner, links): only there does an unchanged stat prove an unchanged file, and put's stat
+#: cache trusts nothing else.  A FUSE file system -- artfs's own mounts among them -- may show
+#: the same inode number, size and times for other bytes or other xattrs.
+CTIME_TRUSTED = frozenset(SYNCFS_TRUSTED | {TMPFS})
+
+
+def _trusted_devices(root: bytes, root_st, items) -> set[int]:
+    """The devices under ``root`` whose file system is in :data:`CTIME_TRUSTED` (a device
+    changes only at a directory: a mount point)."""
+    seen: dict[int, bool] = {}
+
+    def classify(dev: int, path: bytes) -> None:
+        if dev not in seen:
+            try:
+                seen[dev] = fs_type(os.fsdecode(path)) in CTIME_TRUSTED
+            except OSError:
+                seen[dev] = False
+
+    classify(root_st.st_dev, root)
+    for _, st, full in items:
+        if stat.S_ISDIR(st.st_mode):
+            classify(st.st_dev, full)
+    return {dev for dev, ok in seen.items() if ok}
+
+
 def _dir_key(children, known: dict, results: dict) -> str | None:
     """What a directory's tree is made of, as far as stat shows it: every child's lstat fields
     (ctime moves with xattrs, mode, owner and links), a file's content digest, a symlink's
@@ -172,11 +200,12 @@ def build_tree_from_dir(store, batch, src: str, progress=None, cache_before: flo
         rec = _dir_record(row) if row else None
         if rec:
             recs[full] = rec
+    trusted = _trusted_devices(root, root_st, items)
     known: dict[bytes, tuple] = {}
     maybe = {}
     for p, st, full in files:
         c = cache.get(full)
-        if c and c[0].split("|")[0] == _stat_key(st):
+        if c and st.st_dev in trusted and c[0].split("|")[0] == _stat_key(st):
             d, _, ch = c[1].partition(":")
             maybe[full] = (bytes.fromhex(d), bytes.fromhex(ch) if ch else None, c[0].partition("|")[2])
     # a cached digest is trusted only while its object is the very file the cache saw (a
@@ -271,7 +300,7 @@ def build_tree_from_dir(store, batch, src: str, progress=None, cache_before: flo
     fresh_dirs = []
     for p, full in dirs:  # deepest first: a directory's key needs its subdirectories' results
         children = kids[p]
-        key = _dir_key(children, known, results)
+        key = _dir_key(children, known, results) if all(c[1].st_dev in trusted for c in children) else None
         rec = recs.get(full)
         if key is not None and rec is not None and rec[0] == key and stamps.get(rec[2][0]) == rec[1]:
             results[p] = rec[2]
@@ -288,8 +317,8 @@ def build_tree_from_dir(store, batch, src: str, progress=None, cache_before: flo
                     digest=tree, ident=ident, nfiles=nfiles, xattrs=root_x)
     if cache_rows is not None and cache_before is not None:
         fresh = {full for _, full in todo}
-        rows = [(full, st) for p, st, full in files
-                if full in fresh and st.st_mtime_ns / 1e9 < cache_before and st.st_ctime_ns / 1e9 < cache_before]
+        rows = [(full, st) for p, st, full in files if full in fresh and st.st_dev in trusted
+                and st.st_mtime_ns / 1e9 < cache_before and st.st_ctime_ns / 1e9 < cache_before]
         cache_rows.append(("files", rows, known))
         cache_rows.append(("dirs", fresh_dirs, None))
     return rootent, links
