@@ -690,7 +690,7 @@ class Draft:
         """:meth:`persist` on the calling thread if the metadata store can do it without
         waiting (a local store whose database no other writer holds); False if nothing was
         done, for the caller to :meth:`persist` in a worker thread.  An event loop's thread
-        saves the worker-thread trip this way: a third of what a create costs."""
+        saves the worker-thread trip this way: about half of what a create costs."""
         nowait = getattr(self.meta, "nowait", None)
         if nowait is None or ch.size() > INLINE_MAX:  # a big transaction would stall the loop
             return False

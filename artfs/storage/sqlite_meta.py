@@ -101,6 +101,7 @@ class SqliteMeta(PendingMeta, RunsMeta, MetaStore):
     def __init__(self, path: str):
         self.path = path
         self._local = threading.local()
+        self._nowait_count = 0  # transactions begun in nowait() (every NOWAIT_HANDOFF-th is handed off)
 
     # -- connection ----------------------------------------------------------
     @property
@@ -143,7 +144,7 @@ class SqliteMeta(PendingMeta, RunsMeta, MetaStore):
         transaction is handed off that way on purpose, so that a worker's connection
         checkpoints the WAL now and then.  Same durability as :meth:`tx` (synchronous=NORMAL)."""
         loc = self._local
-        self._nowait_count = getattr(self, "_nowait_count", 0) + 1
+        self._nowait_count += 1
         if self._nowait_count % NOWAIT_HANDOFF == 0:
             raise Busy("handed to a worker thread (WAL checkpoint)")
         fast = getattr(loc, "nowait_conn", None)
