@@ -13,8 +13,9 @@ versions in, the entries that changed are invalidated.
 Concurrency: handlers run as trio tasks on one thread.  Metadata work
 (SQLite), hashing, copying, fsync and reads of stored content run in worker
 threads, so a lock held by another process or a slow disk never stalls other
-requests.  A draft change is planned, persisted in a worker thread and
-applied under one lock (``mutex``); ``Gate`` lets a commit wait for in-flight
+requests.  A draft change is planned, persisted (on the loop when the local
+store's database is free, else in a worker thread: ``_persist``) and applied
+under one lock (``mutex``); ``Gate`` lets a commit wait for in-flight
 changes and writes and hold new ones back until it is done, so a write lands
 wholly before or wholly after a commit.
 
@@ -215,8 +216,6 @@ class Operations(pyfuse3.Operations):
         self.readahead = ReadAhead(vfs.store, SMALL_FILE)  # these two are active once start() is called
         self.scratch_pool = ScratchPool(vfs.draft) if vfs.draft is not None else None
         self.nursery: trio.Nursery | None = None
-        # a local store's draft changes are recorded on the loop when the database is free
-        self.inline_meta = vfs.draft is not None and hasattr(vfs.store.meta, "nowait")
 
     def start(self, nursery: trio.Nursery) -> None:
         """Let background work (read-ahead, scratch files made ahead) run in ``nursery``."""
@@ -359,8 +358,8 @@ class Operations(pyfuse3.Operations):
             await trio.to_thread.run_sync(d.persist, ch)
 
     async def _make(self, parent_inode, name, kind, mode, ctx, rdev=0, target=None):
-        """create / mknod / mkdir / symlink: a new name (and, for a regular file, its scratch file,
-        made in the same worker-thread trip as the transaction that records it)."""
+        """create / mknod / mkdir / symlink: a new name (and, for a regular file, its scratch file:
+        if the transaction fails, persist removes it)."""
         from .draft_vfs import new_owner
 
         vfs = self.vfs
@@ -376,10 +375,7 @@ class Operations(pyfuse3.Operations):
                 if made:  # untouched: back to the pool
                     self.scratch_pool.give_back(sname)
                 raise
-            if not self.inline_meta:
-                sf = await trio.to_thread.run_sync(d.create_and_persist, ch, sname, made)
-                return vfs.apply_create(ch, parent_inode, name, sf)
-            # a local store: the scratch file (made ahead: an open) and the transaction on the loop
+            # the scratch file here (made ahead: an open), then the transaction (see _persist)
             sf = d.create_scratch_for(sname, made) if sname is not None else None
             try:
                 await self._persist(ch)

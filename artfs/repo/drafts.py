@@ -365,19 +365,6 @@ class Draft:
             names.append(name)
         return names
 
-    def create_and_persist(self, ch: "Change", scratch: str | None, made: bool = False) -> ScratchFile | None:
-        """Make the scratch file a planned change names (if any; ``made``: an empty one made
-        ahead, see :meth:`new_scratch`), then persist the change; on failure neither remains
-        (worker thread: one trip for both)."""
-        sf = self.create_scratch_for(scratch, made) if scratch is not None else None
-        try:
-            self.persist(ch)
-        except BaseException:
-            if sf is not None:
-                sf.close()
-            raise
-        return sf
-
     def anon_scratch(self) -> ScratchFile:
         """A scratch file with no name (for a file unlinked while open): gone when closed."""
         os.makedirs(self.scratch_dir, mode=0o700, exist_ok=True)
