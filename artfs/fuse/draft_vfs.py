@@ -43,7 +43,9 @@ class Node:
         self.name = name
         self.lookups = 0
         self.orphan: Entry | None = None  # removed from the tree while still known
-        self.handles: set = set()
+        # () until a handle opens: an empty set is 216 bytes, and the kernel keeps a node for
+        # every name it looked up (100k nodes after an `ls -lR`)
+        self.handles: set | tuple = ()
         self.scratch: ScratchFile | None = None  # open scratch file, shared by the node's handles
         self.scratch_dir_synced = True
 
@@ -329,6 +331,8 @@ class DraftVFS(BaseVFS):
         if e.kind not in (FILE, REF):
             raise BadInput("not a regular file")
         h = self._new_handle(n, writable)
+        if not n.handles:
+            n.handles = set()
         n.handles.add(h)
         return h, e
 
@@ -346,7 +350,10 @@ class DraftVFS(BaseVFS):
         if h is None:
             return
         n = h.node
-        n.handles.discard(h)
+        if n.handles:
+            n.handles.discard(h)
+        if not n.handles:
+            n.handles = ()
         if not n.handles and n.scratch is not None:
             # Closed with its last handle (reopened by path when needed): the kernel keeps
             # inodes, and so nodes, of every file a `cp -r` made, and a descriptor each would run
