@@ -18,11 +18,14 @@ import textwrap
 
 import blake3
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 import artfs
 from artfs import repo
 from artfs.errors import BadInput, Conflict, Corrupt, NoSpace, NotFound, StoreMissing
 from artfs.repo import put as put_mod
+from artfs.repo.drafts import PinMap
 from artfs.repo.integrity import GcRefused
 from artfs.storage import format as fmt
 from artfs.storage import hashing
@@ -886,6 +889,28 @@ def test_new_artifact_draft_starts_empty_and_commits_v0(store, tmp_path):
     v = repo.resolve(store, "fresh")
     assert (v.num, v.parent, v.how, v.file_count, v.total_bytes) == (0, None, "single", 1, 1)
     d.discard()
+
+
+@settings(max_examples=200, deadline=None)
+@given(hs.lists(hs.tuples(hs.sampled_from(["set", "pop", "get"]), hs.integers(1, 4),
+                          hs.sampled_from([b"a", b"b", b"c"]), hs.integers(16, 10**6))))
+def test_pin_map_is_a_mapping_of_directory_and_name(script):
+    """The draft's pins are held per directory (PinMap); to the draft they are a dict keyed by
+    (dir_id, name).  The same operations on both leave the same contents."""
+    pins, model = PinMap(), {}
+    for op, d, name, ino in script:
+        key = (d, name)
+        if op == "set":
+            pins[key] = model[key] = ino
+        elif op == "pop":
+            assert pins.pop(key, None) == model.pop(key, None)
+        else:
+            assert pins.get(key) == model.get(key)
+            assert (key in pins) == (key in model)
+        assert len(pins) == len(model)
+        assert dict(pins) == model == dict(pins.items())
+        assert all(pins.by_dir.values()), "a directory without pins keeps no dict"
+    assert dict(PinMap(model.items())) == model
 
 
 def test_a_failed_change_leaves_the_draft_as_it_was(store, mktree, tmp_path, monkeypatch):
