@@ -1,6 +1,4 @@
 """artfs: versioned artifacts that ordinary programs read and edit as directories."""
-from . import api as _api
-from .api import Api, Artifact, Run, Version, finish, init, log, use_artifact
 from .errors import ArtfsError, BadInput, Conflict, Corrupt, Finished, NotFound, ReadOnly, StoreMissing
 from .storage.store import Store
 
@@ -10,9 +8,25 @@ __all__ = [
 ]
 __version__ = "0.2.0"
 
+# The W&B-style API (artfs.api) is imported on first use: every `artfs` command imports this
+# package, and most never touch the API.
+_API_NAMES = {"Api", "Artifact", "Run", "Version", "finish", "init", "log", "use_artifact"}
+
 
 def __getattr__(name: str):
+    if name in _API_NAMES:
+        from . import api
+
+        value = getattr(api, name)
+        globals()[name] = value  # looked up once
+        return value
     # ``artfs.run`` is the current run (W&B's ``wandb.run``): it changes, so it is looked up live
     if name == "run":
-        return _api.run
+        from . import api
+
+        return api.run
     raise AttributeError(f"module 'artfs' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | _API_NAMES | {"run"})

@@ -105,6 +105,17 @@ def mnist(cli, tmp_path):
 
 # -- init and the store ------------------------------------------------------------------
 
+def test_the_cli_does_not_import_the_wandb_api_it_does_not_use():
+    """Every `artfs` command imports the package; the W&B-style API comes in on first use."""
+    code = ("import sys, artfs.cli\n"
+            "assert 'artfs.api' not in sys.modules, 'artfs.cli imported artfs.api'\n"
+            "import artfs\n"
+            "from artfs import init, Artifact\n"
+            "assert artfs.run is None and artfs.Artifact is Artifact and 'artfs.api' in sys.modules\n"
+            "assert {'init', 'Api', 'run'} <= set(dir(artfs))\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_init_is_idempotent_and_prints_the_path(bare):
     assert bare.ok("init") == bare.store + "\n"
     assert os.path.exists(os.path.join(bare.store, "artfs-store"))
