@@ -660,11 +660,10 @@ class PgMeta(MetaStore):
     def draft_apply(self, draft_id, ops, next_ino=None, links_adopted=None) -> None:
         def fn(cur):
             self._draft_apply(cur, draft_id, ops)
-            if next_ino is not None:
-                cur.execute("UPDATE drafts SET next_ino=GREATEST(next_ino, %s) WHERE id=%s", (next_ino, draft_id))
-            if links_adopted is not None:
-                cur.execute("UPDATE drafts SET links_adopted=%s WHERE id=%s", (int(links_adopted), draft_id))
-            cur.execute("UPDATE drafts SET updated=%s WHERE id=%s", (time.time(), draft_id))
+            # one statement (one round trip) for the draft's row; GREATEST skips a NULL
+            cur.execute("UPDATE drafts SET updated=%s, next_ino=GREATEST(next_ino, %s),"
+                        " links_adopted=COALESCE(%s, links_adopted) WHERE id=%s",
+                        (time.time(), next_ino, None if links_adopted is None else int(links_adopted), draft_id))
 
         self._tx(fn)
 
