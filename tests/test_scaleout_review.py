@@ -218,6 +218,38 @@ def test_a_bad_cached_copy_of_an_object_bad_in_the_bucket_too_is_corrupt_not_wro
         obstore.put(s.objects.s3, s.objects.key(e.digest), data, attributes=attrs)
 
 
+def test_bad_bytes_with_a_chunk_list_forged_to_match_them_are_corrupt_not_served(so, tmp_path, machines):
+    """The scale-out reader verifies the spans it fetches against the chunk list the bucket
+    names (its attribute), and the content reader then trusts those spans without hashing them
+    again -- but only when that chunk list is the one the version's tree names.  Bad bytes
+    uploaded with a chunk list forged to match them (an object whose attribute was rewritten)
+    are checked against the tree's list and fail as corrupt; never served."""
+    import blake3
+    import obstore
+
+    from artfs.storage.format import CHUNK
+
+    path, s = so
+    data = os.urandom((20 << 20) + 7)
+    a = machines("a")
+    a.cli(path, "put", "ds", put_tree(tmp_path, "src", {"f.bin": data}))
+    e = repo.lookup(s, repo.resolve(s, "ds"), "f.bin")
+    assert e.chunks is not None
+    bad = bytearray(data)
+    bad[CHUNK + 5] ^= 0xFF  # in the second piece of the first span
+    bad = bytes(bad)
+    forged = b"".join(blake3.blake3(bad[i:i + CHUNK]).digest() for i in range(0, len(bad), CHUNK))
+    forged_digest = blake3.blake3(forged).digest()
+    obstore.put(s.objects.s3, s.objects.key(forged_digest), forged)
+    obstore.put(s.objects.s3, s.objects.key(e.digest), bad, attributes={"artfs-chunks": forged_digest.hex()})
+    try:
+        got = machines("b").cli(path, "cat", "ds", "f.bin", text=False, check=False)  # an empty cache
+        assert got.returncode == 1 and b"corrupt" in got.stderr, got.stderr
+        assert bad[:2 * CHUNK] not in got.stdout
+    finally:  # the fixture's fsck at the end: the bucket as it was
+        obstore.put(s.objects.s3, s.objects.key(e.digest), data, attributes={"artfs-chunks": e.chunks.hex()})
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs FUSE")
 def test_a_commit_message_with_a_nul_byte_is_refused_clearly(so, tmp_path):
     """``printf 'fix\\0typo' > MNT/.artfs/commit`` in a draft mount: PostgreSQL's text type cannot

@@ -236,13 +236,18 @@ class ContentReader:
         if hit is not None:
             return hit
         want = min(CHUNK, self.size - i * CHUNK)
+        checked_read = None if self.is_ref else getattr(self.raw, "pread_verified", None)
         for again in (False, True):
             try:
-                data = self.raw.pread(i * CHUNK, want)
+                if checked_read is not None:
+                    # the scale-out reader verified what it fetched against these very digests
+                    data, verified = checked_read(i * CHUNK, want, self.entry.chunks)
+                else:
+                    data, verified = self.raw.pread(i * CHUNK, want), False
             except OSError as exc:
                 why = f"is unreadable: {exc.strerror}"
             else:
-                if len(data) == want and _matches(data, self._expected(i)):
+                if len(data) == want and (verified or _matches(data, self._expected(i))):
                     break
                 why = "is corrupt" if len(data) == want else "is shorter than recorded (corrupt)"
             if again or not self._refetch(i * CHUNK, want):

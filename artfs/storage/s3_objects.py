@@ -346,7 +346,7 @@ class S3ObjectStore(ObjectStore):
                     if self.head(d) == 0:  # an empty object has no byte 0
                         return b"", 0, None
                 raise
-            data = bytes(res.bytes())
+            data = memoryview(res.bytes())  # obstore's buffer, not a copy of it (spans are 8 MiB)
         except FileNotFoundError:
             raise Corrupt(f"missing object {d.hex()}") from None
         except (obstore.exceptions.BaseError, OSError, RuntimeError) as exc:
@@ -722,8 +722,9 @@ class S3Reader:
             raise Corrupt(f"object {self.d.hex()} is shorter in the object store than its size (corrupt)")
         pieces = self._expected()
         base = i * SPAN // CHUNK
+        view = memoryview(data)  # pieces hashed in place, not copied out
         for k in range(0, want, CHUNK):
-            if blake(data[k:k + CHUNK]) != pieces[base + k // CHUNK]:
+            if blake(view[k:k + CHUNK]) != pieces[base + k // CHUNK]:
                 raise Corrupt(f"corrupt object {self.d.hex()} (a piece in the object store misses its chunk list)")
         return data
 
@@ -830,14 +831,27 @@ class S3Reader:
 
     # -- reads ---------------------------------------------------------------------------
     def pread(self, offset: int, size: int) -> bytes:
+        return self._pread(offset, size)[0]
+
+    def pread_verified(self, offset: int, size: int, chunks: bytes | None) -> tuple[bytes, bool]:
+        """``pread``, and whether every byte came from memory this reader verified: against the
+        object's digest (a small object), or against the chunk list ``chunks`` (a span fetched
+        from the bucket; a span read from this machine's cache was not).  The caller, which
+        checks the same pieces against the same digests, need not hash them again."""
+        data, verified_by = self._pread(offset, size)
+        return data, verified_by == "object" or (verified_by == "chunks" and chunks == self._chunks)
+
+    def _pread(self, offset: int, size: int) -> tuple[bytes, str | None]:
+        """(bytes, what verified them all in memory: "object", "chunks" or None)."""
         self._init()
         if offset >= self._size or size <= 0:
-            return b""
+            return b"", None
         size = min(size, self._size - offset)
         if self._mode == "mem":
-            return self._data[offset:offset + size]
+            return bytes(self._data[offset:offset + size]), "object"
         if self._mode == "fd":
-            return os.pread(self._fd, size, offset)
+            return os.pread(self._fd, size, offset), None
+        verified_by = "chunks"
         parts = []
         while size > 0:
             i = offset // SPAN
@@ -854,12 +868,14 @@ class S3Reader:
                         b = b""
                 if len(b) != n:  # a truncated or unreadable cache file: fetch the span again
                     b = self._heal_span(i)[within:within + n]
+                else:
+                    verified_by = None  # read from the cache's file: the caller checks it
             else:
                 b = got[within:within + n]
             parts.append(b)
             offset += n
             size -= n
-        return b"".join(parts)
+        return b"".join(parts), verified_by
 
     def refetch(self, offset: int, size: int) -> bool:
         """Bytes read at [offset, offset + size) missed what they should be (the caller verifies):
