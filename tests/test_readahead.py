@@ -191,6 +191,25 @@ def test_a_big_file_is_read_ahead_only_while_it_is_read_in_order(store, tmp_path
     run(main)
 
 
+def test_reads_that_straddle_pieces_give_the_stored_bytes(store, tmp_path, mktree):
+    """A read that spans pieces (the kernel's read-ahead is not aligned to them) is put together
+    from views of the pieces: from the reader and from the cache of verified pieces alike, the
+    bytes are the stored ones at every offset and size around a boundary."""
+    big = os.urandom(3 * CHUNK + 999)
+    repo.put_dir(store, "big", mktree(tmp_path / "src", {"big.bin": big}))
+    e = repo.lookup(store, repo.resolve(store, "big:v0"), "big.bin")
+    cases = [(off, size) for base in (0, CHUNK, 2 * CHUNK, 3 * CHUNK) for off in (base - 7, base, base + 3)
+             for size in (1, 10, CHUNK, CHUNK + 20, 2 * CHUNK + 1, 4 * CHUNK) if off >= 0]
+    assert all(content.read_cached(e, off, size) is None for off, size in cases if size > 0)  # nothing cached yet
+    with content.ContentReader(store, e) as r:
+        for off, size in cases:
+            got = r.read(off, size)
+            assert type(got) is bytes and got == big[off:off + size], (off, size)
+    for off, size in cases:  # every piece is in the cache now
+        got = content.read_cached(e, off, size)
+        assert type(got) is bytes and got == big[off:off + size], (off, size)
+
+
 def test_without_start_nothing_is_read_ahead(store, tmp_path, mktree):
     """The ``Operations`` of tests (and of anything that does not start it) read only what is asked."""
     files = small_files()

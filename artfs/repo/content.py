@@ -269,7 +269,7 @@ class ContentReader:
             p = self.piece(i)
             lo = max(off, i * CHUNK) - i * CHUNK
             hi = min(end, (i + 1) * CHUNK) - i * CHUNK
-            parts.append(p[lo:hi])
+            parts.append(memoryview(p)[lo:hi])  # views: the join below is the only copy
         return b"".join(parts)
 
     def verify_all(self) -> None:
@@ -308,8 +308,14 @@ def read_cached(e: Entry, off: int, size: int) -> bytes | None:
         p = _pieces.get((e.digest, i))
         if p is None or len(p) != min(CHUNK, e.size - i * CHUNK):  # (an entry that misstates its size)
             return None
-        parts.append(p[max(off, i * CHUNK) - i * CHUNK:min(end, (i + 1) * CHUNK) - i * CHUNK])
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.append(p)
+    if len(parts) == 1:
+        return parts[0][off - first * CHUNK:end - first * CHUNK]
+    # views of the pieces: the join is the only copy (the kernel's 1 MiB read-ahead requests are
+    # not aligned to pieces, so most of a big file's reads span two)
+    parts[0] = memoryview(parts[0])[off - first * CHUNK:]
+    parts[-1] = memoryview(parts[-1])[:end - last * CHUNK]
+    return b"".join(parts)
 
 
 def _matches(data: bytes, expected: bytes) -> bool:
