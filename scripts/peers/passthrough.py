@@ -24,6 +24,8 @@ import pyfuse3
 import trio
 
 TIMEOUT = 60.0
+STAT_FIELDS = ("st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size", "st_blksize", "st_blocks",
+               "st_atime_ns", "st_mtime_ns", "st_ctime_ns")
 
 
 def _errno(exc: OSError) -> pyfuse3.FUSEError:
@@ -49,18 +51,8 @@ class Passthrough(pyfuse3.Operations):
 
     def _attr(self, st: os.stat_result) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
-        a.st_ino = st.st_ino
-        a.st_mode = st.st_mode
-        a.st_nlink = st.st_nlink
-        a.st_uid = st.st_uid
-        a.st_gid = st.st_gid
-        a.st_rdev = st.st_rdev
-        a.st_size = st.st_size
-        a.st_blksize = st.st_blksize
-        a.st_blocks = st.st_blocks
-        a.st_atime_ns = st.st_atime_ns
-        a.st_mtime_ns = st.st_mtime_ns
-        a.st_ctime_ns = st.st_ctime_ns
+        for k in STAT_FIELDS:
+            setattr(a, k, getattr(st, k))
         a.entry_timeout = a.attr_timeout = TIMEOUT
         return a
 
