@@ -1042,6 +1042,11 @@ def test_hard_links_in_a_draft(store, mktree, tmp_path):
     d.prepare_for_writing()  # the owner adopts the parent's groups before anything moves
     a, b = d.lookup(P("a")), d.lookup(P("sub/b"))
     assert a.link is not None and a.link == b.link and a.nlink == 2
+    # the adoption is recorded: the draft opened again (a remount) does not adopt twice
+    again = repo.open_draft(store, "ds")
+    assert again.links_adopted
+    again.prepare_for_writing()
+    assert again.lookup(P("a")).link == again.lookup(P("sub/b")).link == a.link
     assert d.ino_of(1, b"a", a) == a.link  # one inode number for both names
     # changing the content through one name changes it under the other
     name, sf = d.copy_up(a, truncate=True)
