@@ -210,6 +210,19 @@ def test_reads_that_straddle_pieces_give_the_stored_bytes(store, tmp_path, mktre
         assert type(got) is bytes and got == big[off:off + size], (off, size)
 
 
+def test_a_cached_piece_shorter_than_the_entry_expects_is_not_served(store, tmp_path, mktree):
+    """Pieces are cached by (content digest, index); an entry that understates its size would
+    cache a short last piece under the key a true entry of that content uses.  A hit of the
+    wrong length is read again, not served."""
+    big = os.urandom(2 * CHUNK + 500)
+    repo.put_dir(store, "big", mktree(tmp_path / "src", {"big.bin": big}))
+    e = repo.lookup(store, repo.resolve(store, "big:v0"), "big.bin")
+    content._pieces.put((e.digest, 2), big[2 * CHUNK:2 * CHUNK + 100])  # as a misstated entry would
+    assert content.read_cached(e, 2 * CHUNK, 500) is None
+    with content.ContentReader(store, e) as r:
+        assert r.read(0, len(big)) == big
+
+
 def test_without_start_nothing_is_read_ahead(store, tmp_path, mktree):
     """The ``Operations`` of tests (and of anything that does not start it) read only what is asked."""
     files = small_files()

@@ -11,8 +11,13 @@ from urllib.parse import urlsplit
 import pytest
 
 from artfs import repo
+from artfs.errors import Corrupt
+from artfs.repo import content
+from artfs.storage.format import CHUNK
 from artfs.storage.store import Store
 from test_scaleout import Machine, machines, put_tree, so, srv  # noqa: F401  (fixtures)
+
+MiB = 1 << 20
 
 
 def test_init_with_a_hostless_url_dsn_writes_a_usable_description(srv, tmp_path, machines):
@@ -227,8 +232,6 @@ def test_bad_bytes_with_a_chunk_list_forged_to_match_them_are_corrupt_not_served
     import blake3
     import obstore
 
-    from artfs.storage.format import CHUNK
-
     path, s = so
     data = os.urandom((20 << 20) + 7)
     a = machines("a")
@@ -248,6 +251,53 @@ def test_bad_bytes_with_a_chunk_list_forged_to_match_them_are_corrupt_not_served
         assert bad[:2 * CHUNK] not in got.stdout
     finally:  # the fixture's fsck at the end: the bucket as it was
         obstore.put(s.objects.s3, s.objects.key(e.digest), data, attributes={"artfs-chunks": e.chunks.hex()})
+
+
+def _forget_pieces():
+    """The cache of verified pieces and chunk lists is per process: empty it (a cold reader)."""
+    content._pieces.items.clear()
+    content._pieces.used = 0
+    content._chunk_lists.clear()
+
+
+@pytest.mark.parametrize("size,cut", [(3 * MiB + 100, 50), (2 * MiB, CHUNK - 10), (20 * MiB + 100, 50),
+                                      (20 * MiB, 5)])
+def test_an_entry_that_understates_its_size_is_corrupt_not_served_short(so, tmp_path, machines, monkeypatch,
+                                                                         size, cut):
+    """An entry whose size is less than its object's (same digest and chunk list: a tree made
+    through the library can say so): its last piece, a prefix of a piece the scale-out reader
+    verified, misses its digest.  Found by a break-it review: the reader's "verified" let it
+    through, served short, and cached short for the true entry too.  Objects read whole (≤ 8 MiB)
+    and in spans alike."""
+    path, s = so
+    data = os.urandom(size)
+    machines("a").cli(path, "put", "ds", put_tree(tmp_path, "src", {"f.bin": data}))
+    sb = machines("b").open(path, monkeypatch)  # an empty cache
+    try:
+        e = repo.lookup(sb, repo.resolve(sb, "ds"), "f.bin")
+        _forget_pieces()
+        with content.ContentReader(sb, e.with_(size=size - cut)) as r, pytest.raises(Corrupt):
+            r.read(0, size)
+        with content.ContentReader(sb, e) as r:  # the true entry, in the same process
+            assert r.read(0, size) == data
+    finally:
+        sb.meta.close()
+        _forget_pieces()
+
+
+def test_a_version_whose_entry_understates_its_size_fails_to_read_as_corrupt(so, tmp_path, machines):
+    """The same end to end: a version made through the library (fsck has no objection), read with
+    `artfs cat` on a machine with an empty cache: corrupt, exit 1, not 50 bytes short."""
+    path, s = so
+    data = os.urandom(3 * MiB + 100)
+    a = machines("a")
+    a.cli(path, "put", "ds", put_tree(tmp_path, "src", {"f.bin": data}))
+    e = repo.lookup(s, repo.resolve(s, "ds"), "f.bin")
+    d = repo.open_draft(s, "ds")
+    d.put((b"g.bin",), e.with_(size=e.size - 50))
+    repo.finish_commit(d, repo.commit_draft(s, d, "misstated"))
+    got = machines("b").cli(path, "cat", "ds", "g.bin", text=False, check=False)
+    assert got.returncode == 1 and b"corrupt" in got.stderr, (got.returncode, len(got.stdout), got.stderr)
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs FUSE")

@@ -232,16 +232,16 @@ class ContentReader:
     def piece(self, i: int) -> bytes:
         """Piece ``i`` (CHUNK bytes, shorter at the end), verified."""
         ck = (self.key, i)
-        hit = None if self.is_ref else _pieces.get(ck)  # a reference may change: check it every time
-        if hit is not None:
-            return hit
         want = min(CHUNK, self.size - i * CHUNK)
+        hit = None if self.is_ref else _pieces.get(ck)  # a reference may change: check it every time
+        if hit is not None and len(hit) == want:  # (another entry of this content may misstate its size)
+            return hit
         checked_read = None if self.is_ref else getattr(self.raw, "pread_verified", None)
         for again in (False, True):
             try:
                 if checked_read is not None:
                     # the scale-out reader verified what it fetched against these very digests
-                    data, verified = checked_read(i * CHUNK, want, self.entry.chunks)
+                    data, verified = checked_read(i * CHUNK, want, self.entry.chunks, self.size)
                 else:
                     data, verified = self.raw.pread(i * CHUNK, want), False
             except OSError as exc:

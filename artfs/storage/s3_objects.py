@@ -833,12 +833,16 @@ class S3Reader:
     def pread(self, offset: int, size: int) -> bytes:
         return self._pread(offset, size)[0]
 
-    def pread_verified(self, offset: int, size: int, chunks: bytes | None) -> tuple[bytes, bool]:
+    def pread_verified(self, offset: int, size: int, chunks: bytes | None, total: int) -> tuple[bytes, bool]:
         """``pread``, and whether every byte came from memory this reader verified: against the
         object's digest (a small object), or against the chunk list ``chunks`` (a span fetched
         from the bucket; a span read from this machine's cache was not).  The caller, which
-        checks the same pieces against the same digests, need not hash them again."""
+        checks the same pieces against the same digests, need not hash them again -- if it
+        expects the object's size (``total``): a caller that expects fewer bytes would take a
+        verified piece's prefix for the whole of its own last piece."""
         data, verified_by = self._pread(offset, size)
+        if total != self._size:
+            return data, False
         return data, verified_by == "object" or (verified_by == "chunks" and chunks == self._chunks)
 
     def _pread(self, offset: int, size: int) -> tuple[bytes, str | None]:
