@@ -14,6 +14,10 @@ _API_NAMES = {"Api", "Artifact", "Run", "Version", "finish", "init", "log", "use
 
 
 def __getattr__(name: str):
+    if name == "api":  # `import artfs; artfs.api.Version` worked when the package imported it
+        from . import api
+
+        return api
     if name in _API_NAMES:
         from . import api
 

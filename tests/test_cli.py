@@ -114,6 +114,8 @@ def test_the_cli_does_not_import_the_wandb_api_it_does_not_use():
             "assert artfs.run is None and artfs.Artifact is Artifact and 'artfs.api' in sys.modules\n"
             "assert {'init', 'Api', 'run'} <= set(dir(artfs))\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+    # the submodule is an attribute of the package before anything imported it, as it was
+    subprocess.run([sys.executable, "-c", "import artfs; assert artfs.api.Version is artfs.Version"], check=True)
 
 
 def test_init_is_idempotent_and_prints_the_path(bare):
