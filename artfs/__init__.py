@@ -1,4 +1,6 @@
 """artfs: versioned artifacts that ordinary programs read and edit as directories."""
+import importlib
+
 from .errors import ArtfsError, BadInput, Conflict, Corrupt, Finished, NotFound, ReadOnly, StoreMissing
 from .storage.store import Store
 
@@ -14,21 +16,17 @@ _API_NAMES = {"Api", "Artifact", "Run", "Version", "finish", "init", "log", "use
 
 
 def __getattr__(name: str):
-    if name == "api":  # `import artfs; artfs.api.Version` worked when the package imported it
-        from . import api
-
-        return api
-    if name in _API_NAMES:
-        from . import api
-
+    if name == "api" or name in _API_NAMES:
+        # import_module, not `from . import api`: that looks the attribute up here first
+        api = importlib.import_module(".api", __name__)  # (and `artfs.api.Version` worked before)
+        if name == "api":
+            return api
         value = getattr(api, name)
         globals()[name] = value  # looked up once
         return value
     # ``artfs.run`` is the current run (W&B's ``wandb.run``): it changes, so it is looked up live
     if name == "run":
-        from . import api
-
-        return api.run
+        return importlib.import_module(".api", __name__).run
     raise AttributeError(f"module 'artfs' has no attribute {name!r}")
 
 
