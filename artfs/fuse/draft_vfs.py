@@ -352,8 +352,8 @@ class DraftVFS(BaseVFS):
         n = h.node
         if n.handles:
             n.handles.discard(h)
-        if not n.handles:
-            n.handles = ()
+            if not n.handles:
+                n.handles = ()
         if not n.handles and n.scratch is not None:
             # Closed with its last handle (reopened by path when needed): the kernel keeps
             # inodes, and so nodes, of every file a `cp -r` made, and a descriptor each would run
