@@ -300,6 +300,52 @@ def test_a_version_whose_entry_understates_its_size_fails_to_read_as_corrupt(so,
     assert got.returncode == 1 and b"corrupt" in got.stderr, (got.returncode, len(got.stdout), got.stderr)
 
 
+@pytest.mark.parametrize("how", ["smaller", "larger", "other chunk list"])
+def test_a_wrong_size_or_chunk_list_in_the_cache_index_is_asked_again_not_corrupt_forever(so, tmp_path, machines,
+                                                                                        how):
+    """This machine's cache remembers a big object's size and chunk list (its index's bigobj
+    row).  When that row goes bad (a stray write, a bug), every read of the object on this
+    machine failed as corrupt although the bucket was sound (found by a break-it review):
+    the reader now asks the bucket once, forgets the row and the spans cached under it, and
+    reads right; the row is right again afterwards."""
+    import sqlite3
+
+    path, s = so
+    data = os.urandom((20 << 20) + 7)
+    other = os.urandom((12 << 20) + 3)
+    a = machines("a")
+    a.cli(path, "put", "ds", put_tree(tmp_path, "src", {"f.bin": data, "g.bin": other}))
+    assert a.cli(path, "cat", "ds", "f.bin", text=False).stdout == data  # fills a's cache and its row
+    assert a.cli(path, "cat", "ds", "g.bin", text=False).stdout == other
+    e = repo.lookup(s, repo.resolve(s, "ds"), "f.bin")
+    g = repo.lookup(s, repo.resolve(s, "ds"), "g.bin")
+    sid = json.load(open(path))["id"]
+    db = sqlite3.connect(os.path.join(a.cache_dir(sid), "index.sqlite"))
+    with db:
+        if how == "other chunk list":
+            db.execute("UPDATE bigobj SET chunks=? WHERE digest=?", (g.chunks.hex(), e.digest.hex()))
+        else:
+            db.execute("UPDATE bigobj SET size=size+? WHERE digest=?", (-60 if how == "smaller" else 60,
+                                                                         e.digest.hex()))
+    db.close()
+
+    def cat_is_right():
+        got = a.cli(path, "cat", "ds", "f.bin", text=False, check=False)
+        assert got.returncode == 0 and got.stdout == data, (got.returncode, len(got.stdout), got.stderr)
+
+    cat_is_right()  # with the spans cached (the row may stay as it is while they serve)
+    spans = os.path.join(a.cache_dir(sid), "spans", e.digest.hex()[:2])
+    for name in os.listdir(spans):  # evicted: now the spans come from the bucket, checked by the row
+        if name.startswith(e.digest.hex()[2:]):
+            os.unlink(os.path.join(spans, name))
+    cat_is_right()
+    cat_is_right()
+    db = sqlite3.connect(os.path.join(a.cache_dir(sid), "index.sqlite"))
+    assert db.execute("SELECT size, chunks FROM bigobj WHERE digest=?", (e.digest.hex(),)).fetchone() == \
+        (len(data), e.chunks.hex())
+    db.close()
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs FUSE")
 def test_a_commit_message_with_a_nul_byte_is_refused_clearly(so, tmp_path):
     """``printf 'fix\\0typo' > MNT/.artfs/commit`` in a draft mount: PostgreSQL's text type cannot

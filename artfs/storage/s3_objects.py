@@ -654,6 +654,7 @@ class S3Reader:
         self._ahead: dict[int, Future] = {}  # spans being fetched ahead of a sequential reader
         self._last = -2
         self._retired: list[int] = []  # descriptors on copies refetched: another thread may still read one
+        self._info_from_index = False  # size and chunk list as this machine's cache index remembers them
 
     # -- setup ---------------------------------------------------------------------------
     def _init(self) -> None:
@@ -670,9 +671,33 @@ class S3Reader:
             info = c.info(self.d)
             if info is not None:
                 self._size, self._chunks = info
+                self._info_from_index = True
                 self._mode = "spans"
                 return
             self._fetch_first()
+
+    def _ask_again(self) -> bool:
+        """A read missed the size or chunk list this machine's cache index remembers: ask the
+        bucket once.  When the index was wrong (a stray write, a bug), forget it and the spans
+        cached under it and start over from the bucket's answer (True: read again); else the
+        fault is elsewhere (False)."""
+        with self._lock:
+            if not self._info_from_index:
+                return False
+            self._info_from_index = False
+            _, size, chunks = self.s.fetch_range(self.d, 0, 1)
+            if (size, chunks) == (self._size, self._chunks):
+                return False
+            for x in self._spans.values():
+                if isinstance(x, int):
+                    os.close(x)
+            self._spans.clear()
+            self._ahead.clear()  # fetches under way finish into the cache (verified, or not at all)
+            for i in range((max(size, self._size) + SPAN - 1) // SPAN):
+                self.s.cache.drop_span(self.d, i)
+            self._pieces, self._mode, self._last = None, None, -2
+            self._fetch_first()  # the row again, from the bucket
+            return True
 
     def _fetch_first(self) -> None:
         """Fetch the object (or its first span) from the bucket, verified, and settle how it is
@@ -847,6 +872,14 @@ class S3Reader:
 
     def _pread(self, offset: int, size: int) -> tuple[bytes, str | None]:
         """(bytes, what verified them all in memory: "object", "chunks" or None)."""
+        try:
+            return self._pread_once(offset, size)
+        except Corrupt:
+            if not self._ask_again():
+                raise
+            return self._pread_once(offset, size)
+
+    def _pread_once(self, offset: int, size: int) -> tuple[bytes, str | None]:
         self._init()
         if offset >= self._size or size <= 0:
             return b"", None
@@ -888,6 +921,8 @@ class S3Reader:
         offer).  Corrupt when the bucket's copy is bad too.  Call it once per failed read: a
         copy that still misses is the bucket's."""
         self._init()
+        if self._ask_again():
+            return True
         if self._mode == "mem":
             # fetched from the bucket and verified whole; unless another thread just did so in
             # place of a bad cached copy (which the failed read may have read), nothing fresher
